@@ -1,0 +1,104 @@
+"""Running the local cloud as a background process and finding a running one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from taskctl.localcloud.server import RUNTIME_FILE, RuntimeInfo
+
+
+class StartError(Exception):
+    """The local cloud process did not come up."""
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running(state_dir: Path) -> RuntimeInfo | None:
+    """Return the runtime info of the local cloud using ``state_dir``, if it runs."""
+    info = RuntimeInfo.read(state_dir)
+    if info is None or not is_alive(info.pid):
+        return None
+    return info
+
+
+def spawn(
+    state_dir: Path,
+    port: int = 0,
+    *,
+    timeout: float = 60.0,
+    log_level: str = "INFO",
+) -> tuple[subprocess.Popen[bytes], RuntimeInfo]:
+    """Start ``python -m taskctl.localcloud`` detached and wait until it serves.
+
+    Its log goes to ``state_dir/localcloud.log``.
+    """
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
+    (state_dir / RUNTIME_FILE).unlink(missing_ok=True)
+    log_path = state_dir / "localcloud.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "taskctl.localcloud",
+                "--state-dir",
+                str(state_dir),
+                "--port",
+                str(port),
+                "--log-level",
+                log_level,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StartError(
+                f"the local cloud exited with code {process.returncode} during start-up; "
+                f"see {log_path}"
+            )
+        info = RuntimeInfo.read(state_dir)
+        if info is not None and info.pid == process.pid:
+            return process, info
+        time.sleep(0.05)
+    process.kill()
+    raise StartError(f"the local cloud did not start within {timeout:.0f} s; see {log_path}")
+
+
+def terminate(info: RuntimeInfo, timeout: float = 20.0) -> bool:
+    """Send SIGTERM to the local cloud and wait for it to exit; True if it did."""
+    try:
+        os.kill(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_alive(info.pid):
+            return True
+        try:
+            # Reap it if it is our child, so it does not linger as a zombie.
+            finished, _ = os.waitpid(info.pid, os.WNOHANG)
+            if finished:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
