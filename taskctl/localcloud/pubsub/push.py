@@ -1,0 +1,247 @@
+"""Push delivery: POSTs due messages of push subscriptions to their endpoints."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+from taskctl.localcloud.pubsub.store import Lease, Store, SubscriptionState
+
+log = logging.getLogger("taskctl.localcloud.pubsub")
+
+# Statuses Pub/Sub treats as an ack of a push; every other answer is a nack.
+ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
+MAX_IN_FLIGHT_PER_SUBSCRIPTION = 16
+MAX_PUSH_THREADS = 64
+CLOUD_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
+
+
+def message_json(message: Any) -> dict[str, Any]:
+    """Return the JSON form of a PubsubMessage that push bodies carry."""
+    publish_time = message.publish_time.ToJsonString()
+    body: dict[str, Any] = {
+        "data": base64.b64encode(message.data).decode(),
+        "attributes": dict(message.attributes),
+        "messageId": message.message_id,
+        "message_id": message.message_id,
+        "publishTime": publish_time,
+        "publish_time": publish_time,
+    }
+    if message.ordering_key:
+        body["orderingKey"] = message.ordering_key
+    return body
+
+
+def build_request(
+    state: SubscriptionState, lease: Lease
+) -> tuple[dict[str, str], bytes]:
+    """Return the headers and body of the push request for ``lease``."""
+    received = lease.received
+    message = received.message
+    push_config = state.proto.push_config
+    if push_config.HasField("no_wrapper") and not state.cloud_event:
+        headers = {"content-type": "application/octet-stream"}
+        if push_config.no_wrapper.write_metadata:
+            headers.update(
+                {
+                    "x-goog-pubsub-subscription-name": state.name,
+                    "x-goog-pubsub-message-id": message.message_id,
+                    "x-goog-pubsub-publish-time": message.publish_time.ToJsonString(),
+                }
+            )
+            if message.ordering_key:
+                headers["x-goog-pubsub-ordering-key"] = message.ordering_key
+            headers.update(message.attributes)
+        return headers, bytes(message.data)
+
+    envelope: dict[str, Any] = {
+        "message": message_json(message),
+        "subscription": state.name,
+    }
+    if state.has_dead_letter_policy:
+        envelope["deliveryAttempt"] = received.delivery_attempt
+    headers = {"content-type": "application/json"}
+    if state.cloud_event:
+        headers.update(
+            {
+                "ce-id": message.message_id,
+                "ce-source": f"//pubsub.googleapis.com/{state.proto.topic}",
+                "ce-type": CLOUD_EVENT_TYPE,
+                "ce-specversion": "1.0",
+                "ce-time": message.publish_time.ToJsonString(),
+            }
+        )
+    return headers, json.dumps(envelope).encode()
+
+
+class _Connections(threading.local):
+    """Keep-alive HTTP connections of one push thread, by (scheme, host, port)."""
+
+    def __init__(self) -> None:
+        self.by_origin: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+
+
+class PushDispatcher:
+    """One thread that leases due push messages and a pool that POSTs them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._stopping = threading.Event()
+        self._in_flight: dict[int, int] = {}
+        self._in_flight_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            MAX_PUSH_THREADS, thread_name_prefix="pubsub-push"
+        )
+        self._connections = _Connections()
+        self._thread = threading.Thread(
+            target=self._run, name="pubsub-push-dispatcher", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.store.notify()
+        self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        generation = self.store.generation
+        while not self._stopping.is_set():
+            try:
+                wait = self._dispatch_once()
+            except Exception:
+                log.exception("push dispatcher failed; retrying in 1 s")
+                wait = 1.0
+            generation = self.store.wait_for_change(generation, wait)
+
+    def _dispatch_once(self) -> float:
+        """Start pushes for every due message; return how long to wait for more."""
+        wait = 1.0
+        now = time.time()
+        for state in list(self.store.subscriptions.values()):
+            if not state.is_push:
+                continue
+            with self._in_flight_lock:
+                free = MAX_IN_FLIGHT_PER_SUBSCRIPTION - self._in_flight.get(state.id, 0)
+            if free <= 0:
+                continue
+            leases = self.store.lease(state, free, state.proto.ack_deadline_seconds)
+            if leases:
+                with self._in_flight_lock:
+                    self._in_flight[state.id] = self._in_flight.get(state.id, 0) + len(
+                        leases
+                    )
+                for lease in leases:
+                    self._pool.submit(self._push, state, lease)
+                if len(leases) == free:
+                    wait = 0.0
+                continue
+            due = self.store.next_due(state)
+            if due is not None:
+                wait = min(wait, max(0.005, due - now))
+        return wait
+
+    def _push(self, state: SubscriptionState, lease: Lease) -> None:
+        message_id = lease.received.message.message_id
+        try:
+            status = self._post(state, lease)
+            outcome = f"status {status}"
+            acked = status in ACK_STATUSES
+        except (OSError, http.client.HTTPException) as error:
+            outcome = f"error {error!r}"
+            acked = False
+        try:
+            if acked:
+                self.store.acknowledge(state, [lease.ack_id])
+            elif not state.retry_failed_pushes:
+                log.info(
+                    "push of message %s to subscription %s failed (%s); dropping it "
+                    "because the subscription does not retry failed pushes",
+                    message_id,
+                    state.name,
+                    outcome,
+                )
+                self.store.acknowledge(state, [lease.ack_id])
+            else:
+                log.info(
+                    "push of message %s to subscription %s failed (%s); nacking it",
+                    message_id,
+                    state.name,
+                    outcome,
+                )
+                self.store.modify_ack_deadline(state, [lease.ack_id], 0)
+        except Exception:
+            log.exception(
+                "recording the push outcome of message %s on %s failed",
+                message_id,
+                state.name,
+            )
+        finally:
+            with self._in_flight_lock:
+                self._in_flight[state.id] = self._in_flight.get(state.id, 1) - 1
+            self.store.notify()
+
+    def _post(self, state: SubscriptionState, lease: Lease) -> int:
+        endpoint = urlsplit(state.proto.push_config.push_endpoint)
+        headers, body = build_request(state, lease)
+        timeout = max(0.1, lease.deadline - time.time())
+        origin = (endpoint.scheme, endpoint.hostname or "", endpoint.port or 0)
+        path = endpoint.path or "/"
+        if endpoint.query:
+            path = f"{path}?{endpoint.query}"
+        for reused in (True, False):
+            connection = self._connection(origin, timeout, fresh=not reused)
+            try:
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                if response.will_close:
+                    connection.close()
+                    self._connections.by_origin.pop(origin, None)
+                return response.status
+            except (
+                http.client.RemoteDisconnected,
+                BrokenPipeError,
+                ConnectionResetError,
+            ):
+                # A kept-alive connection the server already closed: retry once
+                # on a fresh connection.
+                connection.close()
+                self._connections.by_origin.pop(origin, None)
+                if not reused:
+                    raise
+            except BaseException:
+                connection.close()
+                self._connections.by_origin.pop(origin, None)
+                raise
+        raise AssertionError("unreachable")
+
+    def _connection(
+        self, origin: tuple[str, str, int], timeout: float, *, fresh: bool
+    ) -> http.client.HTTPConnection:
+        connection = None if fresh else self._connections.by_origin.get(origin)
+        if connection is None:
+            scheme, host, port = origin
+            if scheme == "https":
+                connection = http.client.HTTPSConnection(
+                    host, port or 443, timeout=timeout
+                )
+            else:
+                connection = http.client.HTTPConnection(
+                    host, port or 80, timeout=timeout
+                )
+            self._connections.by_origin[origin] = connection
+        else:
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+        return connection
