@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from taskctl.localcloud import process
-from taskctl.localcloud.server import RuntimeInfo
+from taskctl.localcloud.runtime import RuntimeInfo
 
 PROJECT = "taskctl-test"
 

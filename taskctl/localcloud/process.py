@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from taskctl.localcloud.server import RUNTIME_FILE, RuntimeInfo
+from taskctl.localcloud.runtime import RUNTIME_FILE, RuntimeInfo
 
 
 class StartError(Exception):
@@ -80,7 +80,9 @@ def spawn(
             return process, info
         time.sleep(0.05)
     process.kill()
-    raise StartError(f"the local cloud did not start within {timeout:.0f} s; see {log_path}")
+    raise StartError(
+        f"the local cloud did not start within {timeout:.0f} s; see {log_path}"
+    )
 
 
 def terminate(info: RuntimeInfo, timeout: float = 20.0) -> bool:

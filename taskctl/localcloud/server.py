@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from concurrent import futures
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -19,43 +19,14 @@ from taskctl.localcloud.httpserver import HttpServer
 from taskctl.localcloud.logging.service import LoggingService
 from taskctl.localcloud.pubsub.service import PubSubService
 from taskctl.localcloud.resourcemanager import ResourceManagerService
+from taskctl.localcloud.runtime import RUNTIME_FILE, RuntimeInfo
 from taskctl.localcloud.storage import StorageEmulator
 
 log = logging.getLogger("taskctl.localcloud")
 
 LOOPBACK = "127.0.0.1"
-RUNTIME_FILE = "runtime.json"
 # Function source zips larger than this are rejected at upload.
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RuntimeInfo:
-    """Where a running local cloud listens; written to ``runtime.json``."""
-
-    pid: int
-    host: str
-    grpc_port: int
-    http_port: int
-    storage_port: int
-    state_dir: str
-    started_at: float
-
-    @property
-    def grpc_endpoint(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    @property
-    def storage_endpoint(self) -> str:
-        return f"http://{self.host}:{self.storage_port}"
-
-    @classmethod
-    def read(cls, state_dir: Path) -> RuntimeInfo | None:
-        try:
-            data = json.loads((state_dir / RUNTIME_FILE).read_text())
-            return cls(**data)
-        except (FileNotFoundError, ValueError, TypeError):
-            return None
 
 
 class LocalCloud:
@@ -101,7 +72,12 @@ class LocalCloud:
             grpc_endpoint=f"{self.host}:{grpc_port}",
             storage_endpoint=self.storage.endpoint,
         )
-        for service in (self.pubsub, self.logging, self.resource_manager, self.functions):
+        for service in (
+            self.pubsub,
+            self.logging,
+            self.resource_manager,
+            self.functions,
+        ):
             service.register(self._grpc)
 
         self.storage.start()

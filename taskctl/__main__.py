@@ -1,0 +1,7 @@
+"""``python -m taskctl``."""
+
+import sys
+
+from taskctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The only package that builds Google Cloud clients and translates their errors."""
