@@ -1,0 +1,640 @@
+"""Deploying, redeploying and deleting functions, run off the RPC threads.
+
+Each operation walks the stages Google reports (BUILD, SERVICE, TRIGGER),
+records them in the operation's metadata, and finishes the operation only
+after the function's new state is committed.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import random
+import shutil
+import string
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.cloud.eventarc_v1.types import trigger as trigger_types
+from google.cloud.functions_v2.types import functions as types
+from google.protobuf import empty_pb2, timestamp_pb2
+from google.pubsub_v1.types import pubsub as pubsub_types
+
+from taskctl.localcloud.errors import ServiceError
+from taskctl.localcloud.functions.instance import Instance, InstanceError, InstanceSpec
+from taskctl.localcloud.functions.names import FunctionName, parse_function
+from taskctl.localcloud.functions.operations import OperationStore
+from taskctl.localcloud.functions.pubsub_bridge import PubSubBridge
+from taskctl.localcloud.functions.source import (
+    SourceError,
+    UploadStore,
+    check_requirements,
+    unpack,
+)
+from taskctl.localcloud.functions.store import FunctionRecord, FunctionStore
+from taskctl.localcloud.functions.validation import PUBSUB_EVENT_TYPE
+from taskctl.localcloud.resourcemanager import project_number
+
+log = logging.getLogger("taskctl.localcloud.functions")
+
+_Function = types.Function.pb()
+_Stage = types.Stage.Name
+_State = types.Function.State
+_RetryPolicy = types.EventTrigger.RetryPolicy
+
+# The subscription Eventarc creates for a Pub/Sub trigger. Eventarc documents
+# the 24 h retention and the absence of a dead-letter policy; the 10 s to 600 s
+# backoff is the retry window Google describes for gen2 functions, and the
+# 600 s ack deadline (the push request timeout) is the local cloud's choice,
+# so a function may run up to its 540 s maximum before a push counts as failed.
+TRIGGER_ACK_DEADLINE_SECONDS = 600
+TRIGGER_RETENTION_SECONDS = 24 * 3600
+TRIGGER_MIN_BACKOFF_SECONDS = 10
+TRIGGER_MAX_BACKOFF_SECONDS = 600
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def _random_lowercase(length: int) -> str:
+    return "".join(random.choices(string.ascii_lowercase, k=length))
+
+
+def _random_digits(length: int) -> str:
+    return "".join(random.choices(string.digits, k=length))
+
+
+def new_metadata(
+    target: str, verb: str, operation_type: int, request: Any, stages: list[int]
+) -> Any:
+    metadata = types.OperationMetadata.pb()(
+        create_time=now_timestamp(),
+        target=target,
+        verb=verb,
+        api_version="v2",
+        operation_type=operation_type,
+    )
+    metadata.request_resource.Pack(request)
+    for stage in stages:
+        metadata.stages.add(name=stage, state=types.Stage.State.NOT_STARTED)
+    return metadata
+
+
+class DeployError(Exception):
+    """A deploy step failed; ``code`` becomes the operation's error code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Progress:
+    """The metadata of one running operation, saved at every stage change."""
+
+    def __init__(self, operations: OperationStore, name: str, metadata: Any) -> None:
+        self._operations = operations
+        self.name = name
+        self.metadata = metadata
+
+    def _stage(self, stage_name: int) -> Any:
+        for stage in self.metadata.stages:
+            if stage.name == stage_name:
+                return stage
+        return self.metadata.stages.add(name=stage_name)
+
+    def begin(self, stage_name: int, message: str = "") -> None:
+        stage = self._stage(stage_name)
+        stage.state = types.Stage.State.IN_PROGRESS
+        stage.message = message
+        self._operations.update_metadata(self.name, self.metadata)
+
+    def complete(
+        self, stage_name: int, resource: str = "", resource_uri: str = ""
+    ) -> None:
+        stage = self._stage(stage_name)
+        stage.state = types.Stage.State.COMPLETE
+        stage.message = ""
+        stage.resource = resource
+        stage.resource_uri = resource_uri
+        self._operations.update_metadata(self.name, self.metadata)
+
+    def succeed(self, response: Any) -> None:
+        self.metadata.end_time.CopyFrom(now_timestamp())
+        self._operations.succeed(self.name, self.metadata, response)
+
+    def fail(self, code: grpc.StatusCode, message: str) -> None:
+        for stage in self.metadata.stages:
+            if stage.state == types.Stage.State.IN_PROGRESS:
+                stage.state = types.Stage.State.COMPLETE
+                stage.message = message
+                stage.state_messages.add(
+                    severity=types.StateMessage.Severity.ERROR,
+                    type_="DeployError",
+                    message=message,
+                )
+        self.metadata.end_time.CopyFrom(now_timestamp())
+        self.metadata.status_detail = message
+        self._operations.fail(self.name, self.metadata, code, message)
+
+
+@dataclass
+class _Deployment:
+    """What one deploy attempt created, so a failure can undo it."""
+
+    revision: int
+    revision_name: str
+    source_dir: Path
+    instance: Instance | None = None
+    trigger_name: str = ""
+    subscription: str = ""
+    created_trigger: bool = False
+
+
+def resolve_entry_point(requested: str, function_id: str, source_dir: Path) -> str:
+    """Apply Google's default: the function ID, else a function named ``function``."""
+    if requested:
+        return requested
+    try:
+        module = ast.parse((source_dir / "main.py").read_bytes(), filename="main.py")
+    except SyntaxError as error:
+        raise SourceError(
+            f"main.py line {error.lineno}: syntax error: {error.msg}"
+        ) from error
+    defined: set[str] = set()
+    for node in module.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ImportFrom):
+            defined.update(alias.asname or alias.name for alias in node.names)
+    return function_id if function_id in defined else "function"
+
+
+class Deployer:
+    """Runs instances and triggers for the stored functions."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        store: FunctionStore,
+        operations: OperationStore,
+        uploads: UploadStore,
+        bridge: PubSubBridge,
+        host: str,
+        grpc_endpoint: str,
+        storage_endpoint: str,
+        container_log: Any,
+        ready_timeout: float,
+    ) -> None:
+        self._root = state_dir / "functions"
+        self._store = store
+        self._operations = operations
+        self._uploads = uploads
+        self._bridge = bridge
+        self._host = host
+        self._grpc_endpoint = grpc_endpoint
+        self._storage_endpoint = storage_endpoint
+        self._container_log = container_log
+        self._ready_timeout = ready_timeout
+        self._instances: dict[str, Instance] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def run_in_background(self, name: str, work: Callable[[], None]) -> None:
+        thread = threading.Thread(target=work, name=name, daemon=True)
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+    # ----- deploy and redeploy -------------------------------------------------
+
+    def deploy(self, function_name: str, desired: Any, progress: Progress) -> None:
+        """Deploy ``desired`` as the next revision, then finish the operation."""
+        record = self._store.require(function_name)
+        name = parse_function(function_name)
+        revision = record.revision + 1
+        revision_name = f"{name.function_id}-{revision:05d}-{_random_lowercase(3)}"
+        deployment = _Deployment(
+            revision=revision,
+            revision_name=revision_name,
+            source_dir=self._revision_dir(name, revision_name),
+        )
+        try:
+            self._build(name, desired, deployment, progress)
+            self._start_service(name, desired, deployment, progress)
+            if desired.HasField("event_trigger"):
+                self._connect_trigger(name, record, desired, deployment, progress)
+            self._commit(record, desired, deployment, progress)
+        except DeployError as error:
+            self._fail(record, desired, deployment, progress, error.code, error.message)
+        except Exception:
+            log.exception("deploy of function=%s failed", function_name)
+            self._fail(
+                record,
+                desired,
+                deployment,
+                progress,
+                grpc.StatusCode.INTERNAL,
+                "internal error in the local cloud while deploying; see its log",
+            )
+
+    def _revision_dir(self, name: FunctionName, revision_name: str) -> Path:
+        return (
+            self._root / name.project / name.location / name.function_id / revision_name
+        )
+
+    def _build(
+        self,
+        name: FunctionName,
+        desired: Any,
+        deployment: _Deployment,
+        progress: Progress,
+    ) -> None:
+        progress.begin(_Stage.BUILD, "unpacking the source and checking requirements")
+        storage = desired.build_config.source.storage_source
+        try:
+            zip_path = self._uploads.find(storage.bucket, storage.object_)
+            unpack(zip_path, deployment.source_dir)
+            check_requirements(deployment.source_dir)
+            desired.build_config.entry_point = resolve_entry_point(
+                desired.build_config.entry_point,
+                name.function_id,
+                deployment.source_dir,
+            )
+        except ServiceError as error:
+            raise DeployError(error.code, error.message) from error
+        except SourceError as error:
+            raise DeployError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        desired.build_config.source_provenance.resolved_storage_source.CopyFrom(storage)
+        progress.complete(_Stage.BUILD)
+
+    def _start_service(
+        self,
+        name: FunctionName,
+        desired: Any,
+        deployment: _Deployment,
+        progress: Progress,
+    ) -> None:
+        progress.begin(_Stage.SERVICE, f"starting revision {deployment.revision_name}")
+        instance = self._new_instance(
+            name, desired, deployment.revision_name, deployment.source_dir
+        )
+        deployment.instance = instance
+        try:
+            instance.start(self._ready_timeout)
+        except InstanceError as error:
+            # Google reports a container that fails its health check this way.
+            raise DeployError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"could not start revision {deployment.revision_name} of function "
+                f"{name.function_id}: {error}",
+            ) from error
+        progress.complete(_Stage.SERVICE, self._service_name(name), instance.url)
+
+    def _new_instance(
+        self,
+        name: FunctionName,
+        function: Any,
+        revision_name: str,
+        source_dir: Path,
+        preferred_port: int = 0,
+    ) -> Instance:
+        config = function.service_config
+        spec = InstanceSpec(
+            project=name.project,
+            location=name.location,
+            function_id=name.function_id,
+            revision_name=revision_name,
+            source_dir=source_dir,
+            entry_point=function.build_config.entry_point,
+            signature_type="cloudevent"
+            if function.HasField("event_trigger")
+            else "http",
+            timeout_seconds=config.timeout_seconds,
+            concurrency=config.max_instance_request_concurrency or 1,
+            environment_variables=dict(config.environment_variables),
+        )
+        return Instance(
+            spec,
+            host=self._host,
+            grpc_endpoint=self._grpc_endpoint,
+            storage_endpoint=self._storage_endpoint,
+            container_log=self._container_log,
+            preferred_port=preferred_port,
+        )
+
+    @staticmethod
+    def _service_name(name: FunctionName) -> str:
+        return f"{name.parent.name}/services/{name.function_id}"
+
+    def _connect_trigger(
+        self,
+        name: FunctionName,
+        record: FunctionRecord,
+        desired: Any,
+        deployment: _Deployment,
+        progress: Progress,
+    ) -> None:
+        progress.begin(_Stage.TRIGGER, "connecting the Pub/Sub trigger")
+        assert deployment.instance is not None
+        endpoint = deployment.instance.url + "/"
+        current = record.function
+        same_trigger = (
+            record.subscription
+            and current.HasField("event_trigger")
+            and current.event_trigger.trigger
+            and current.event_trigger.pubsub_topic == desired.event_trigger.pubsub_topic
+            and current.event_trigger.retry_policy == desired.event_trigger.retry_policy
+        )
+        try:
+            if same_trigger:
+                # Repointing keeps the subscription, so settings added to it after
+                # the first deploy (dead-letter and retry policy) survive.
+                self._bridge.set_push_endpoint(record.subscription, endpoint)
+                deployment.trigger_name = current.event_trigger.trigger
+                deployment.subscription = record.subscription
+            else:
+                self._create_trigger(name, desired, deployment, endpoint)
+        except ServiceError as error:
+            raise DeployError(
+                error.code,
+                f"could not connect the trigger of {name.function_id}: {error.message}",
+            ) from error
+        desired.event_trigger.trigger = deployment.trigger_name
+        if not desired.event_trigger.service_account_email:
+            desired.event_trigger.service_account_email = self._default_account(name)
+        progress.complete(_Stage.TRIGGER, deployment.trigger_name)
+
+    @staticmethod
+    def _default_account(name: FunctionName) -> str:
+        return f"{project_number(name.project)}-compute@developer.gserviceaccount.com"
+
+    def _create_trigger(
+        self, name: FunctionName, desired: Any, deployment: _Deployment, endpoint: str
+    ) -> None:
+        trigger_id = f"{name.function_id}-{_random_digits(6)}"
+        trigger_name = f"{name.parent.name}/triggers/{trigger_id}"
+        subscription_name = (
+            f"projects/{name.project}/subscriptions/"
+            f"eventarc-{name.location}-{trigger_id}-sub-{_random_digits(3)}"
+        )
+        trigger = desired.event_trigger
+        subscription = pubsub_types.Subscription.pb()(
+            name=subscription_name,
+            topic=trigger.pubsub_topic,
+            push_config=pubsub_types.PushConfig.pb()(push_endpoint=endpoint),
+            ack_deadline_seconds=TRIGGER_ACK_DEADLINE_SECONDS,
+        )
+        subscription.message_retention_duration.FromSeconds(TRIGGER_RETENTION_SECONDS)
+        subscription.retry_policy.minimum_backoff.FromSeconds(
+            TRIGGER_MIN_BACKOFF_SECONDS
+        )
+        subscription.retry_policy.maximum_backoff.FromSeconds(
+            TRIGGER_MAX_BACKOFF_SECONDS
+        )
+        self._bridge.create_subscription(
+            subscription,
+            retry_failed_pushes=trigger.retry_policy == _RetryPolicy.RETRY_POLICY_RETRY,
+        )
+        deployment.subscription = subscription_name
+        deployment.trigger_name = trigger_name
+        deployment.created_trigger = True
+
+        created = now_timestamp()
+        eventarc_trigger = trigger_types.Trigger.pb()(
+            name=trigger_name,
+            uid=str(uuid.uuid4()),
+            service_account=trigger.service_account_email
+            or self._default_account(name),
+            labels={"goog-managed-by": "cloudfunctions"},
+            event_data_content_type="application/json",
+            etag=uuid.uuid4().hex,
+        )
+        eventarc_trigger.create_time.CopyFrom(created)
+        eventarc_trigger.update_time.CopyFrom(created)
+        eventarc_trigger.event_filters.add(attribute="type", value=PUBSUB_EVENT_TYPE)
+        eventarc_trigger.destination.cloud_run.service = name.function_id
+        eventarc_trigger.destination.cloud_run.region = name.location
+        eventarc_trigger.destination.cloud_run.path = "/"
+        eventarc_trigger.transport.pubsub.topic = trigger.pubsub_topic
+        eventarc_trigger.transport.pubsub.subscription = subscription_name
+        self._store.put_trigger(eventarc_trigger, desired.name)
+        log.info(
+            "trigger=%s created with subscription=%s on topic=%s",
+            trigger_name,
+            subscription_name,
+            trigger.pubsub_topic,
+        )
+
+    def _commit(
+        self,
+        record: FunctionRecord,
+        desired: Any,
+        deployment: _Deployment,
+        progress: Progress,
+    ) -> None:
+        instance = deployment.instance
+        assert instance is not None
+        name = parse_function(record.name)
+        desired.state = _State.ACTIVE
+        del desired.state_messages[:]
+        desired.update_time.CopyFrom(now_timestamp())
+        desired.service_config.service = self._service_name(name)
+        desired.service_config.revision = deployment.revision_name
+        desired.service_config.uri = instance.url
+        desired.url = instance.url
+        updated = record.evolve(
+            function=desired,
+            revision=deployment.revision,
+            revision_name=deployment.revision_name,
+            source_dir=str(deployment.source_dir),
+            port=instance.port,
+            subscription=deployment.subscription,
+            operation="",
+        )
+        with self._lock:
+            previous = self._instances.get(record.name)
+            self._instances[record.name] = instance
+        self._store.save(updated)
+        progress.succeed(desired)
+        log.info(
+            "function=%s revision=%s active on %s",
+            record.name,
+            deployment.revision_name,
+            instance.url,
+        )
+        self._retire(record, deployment, previous)
+
+    def _retire(
+        self, record: FunctionRecord, deployment: _Deployment, previous: Instance | None
+    ) -> None:
+        """Remove what the replaced revision used once the new one serves."""
+        if record.subscription and record.subscription != deployment.subscription:
+            self._delete_trigger(
+                record.function.event_trigger.trigger, record.subscription
+            )
+        old_dir = Path(record.source_dir) if record.source_dir else None
+
+        def stop_previous() -> None:
+            if previous is not None:
+                previous.stop()
+            if old_dir is not None:
+                shutil.rmtree(old_dir, ignore_errors=True)
+
+        self.run_in_background(f"retire-{record.revision_name}", stop_previous)
+
+    def _delete_trigger(self, trigger_name: str, subscription: str) -> None:
+        try:
+            self._bridge.delete_subscription(subscription)
+        except ServiceError as error:
+            log.error(
+                "deleting subscription=%s of trigger=%s failed: %s",
+                subscription,
+                trigger_name,
+                error.message,
+            )
+        if trigger_name:
+            self._store.delete_trigger(trigger_name)
+
+    def _fail(
+        self,
+        record: FunctionRecord,
+        desired: Any,
+        deployment: _Deployment,
+        progress: Progress,
+        code: grpc.StatusCode,
+        message: str,
+    ) -> None:
+        log.error("deploy of function=%s failed: %s", record.name, message)
+        if deployment.instance is not None:
+            deployment.instance.kill()
+        if deployment.created_trigger:
+            self._delete_trigger(deployment.trigger_name, deployment.subscription)
+        shutil.rmtree(deployment.source_dir, ignore_errors=True)
+
+        with self._lock:
+            still_serving = record.name in self._instances
+        if still_serving:
+            # NOTE: the previous revision keeps serving with its configuration,
+            # and the failure shows as a state message on the function.
+            function = _Function()
+            function.CopyFrom(record.function)
+        else:
+            function = desired
+            function.state = _State.FAILED
+        del function.state_messages[:]
+        function.state_messages.add(
+            severity=types.StateMessage.Severity.ERROR,
+            type_="DeployError",
+            message=message,
+        )
+        function.update_time.CopyFrom(now_timestamp())
+        self._store.save(record.evolve(function=function, operation=""))
+        progress.fail(code, message)
+
+    # ----- delete -------------------------------------------------------------
+
+    def delete(self, function_name: str, progress: Progress) -> None:
+        record = self._store.require(function_name)
+        try:
+            progress.begin(_Stage.SERVICE, "stopping the function's instance")
+            with self._lock:
+                instance = self._instances.pop(function_name, None)
+            if instance is not None:
+                instance.stop()
+            progress.complete(_Stage.SERVICE)
+            if record.function.HasField("event_trigger"):
+                progress.begin(_Stage.TRIGGER, "deleting the trigger")
+                if record.subscription:
+                    self._delete_trigger(
+                        record.function.event_trigger.trigger, record.subscription
+                    )
+                progress.complete(_Stage.TRIGGER)
+            self._store.delete(function_name)
+            name = parse_function(function_name)
+            shutil.rmtree(self._revision_dir(name, ""), ignore_errors=True)
+            progress.succeed(empty_pb2.Empty())
+            log.info("function=%s deleted", function_name)
+        except Exception:
+            log.exception("delete of function=%s failed", function_name)
+            function = _Function()
+            function.CopyFrom(record.function)
+            function.state = _State.FAILED
+            self._store.save(record.evolve(function=function, operation=""))
+            progress.fail(
+                grpc.StatusCode.INTERNAL,
+                "internal error while deleting; see the local cloud's log",
+            )
+
+    # ----- start and stop of the local cloud ----------------------------------
+
+    def resume(self, record: FunctionRecord) -> None:
+        """Start an ACTIVE function's current revision again after a restart."""
+        name = parse_function(record.name)
+        instance = self._new_instance(
+            name,
+            record.function,
+            record.revision_name,
+            Path(record.source_dir),
+            preferred_port=record.port,
+        )
+        function = _Function()
+        function.CopyFrom(record.function)
+        try:
+            instance.start(self._ready_timeout)
+            if record.subscription and instance.port != record.port:
+                self._bridge.set_push_endpoint(record.subscription, instance.url + "/")
+        except (InstanceError, ServiceError) as error:
+            message = getattr(error, "message", None) or str(error)
+            log.error("restarting function=%s failed: %s", record.name, message)
+            instance.kill()
+            function.state = _State.FAILED
+            function.state_messages.add(
+                severity=types.StateMessage.Severity.ERROR,
+                type_="RestartError",
+                message=f"the local cloud could not restart this function: {message}",
+            )
+            self._store.save(record.evolve(function=function))
+            return
+        function.service_config.uri = instance.url
+        function.url = instance.url
+        with self._lock:
+            self._instances[record.name] = instance
+        self._store.save(record.evolve(function=function, port=instance.port))
+        log.info(
+            "function=%s revision=%s restarted on %s",
+            record.name,
+            record.revision_name,
+            instance.url,
+        )
+
+    def stop_all(self, grace: float) -> None:
+        with self._lock:
+            instances = list(self._instances.values())
+            self._instances.clear()
+        stoppers = [
+            threading.Thread(target=instance.stop, args=(grace,), daemon=True)
+            for instance in instances
+        ]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(timeout=grace + 5)
+        for thread in self._threads:
+            thread.join(timeout=grace + 5)
+
+    def wait_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))

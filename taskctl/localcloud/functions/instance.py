@@ -1,0 +1,277 @@
+"""One running revision of a function: functions-framework as a child process."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import http.client
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from taskctl.localcloud.children import die_with_parent, free_port
+
+log = logging.getLogger("taskctl.localcloud.functions")
+
+# Cloud Run scales a function out to more instances under load; the local cloud
+# runs one instance, so it gives that instance several gunicorn threads instead.
+MIN_INSTANCE_THREADS = 8
+# gunicorn waits this long (its graceful_timeout default, 30 s) for in-flight
+# requests after SIGTERM; the extra seconds cover its own shutdown.
+STOP_GRACE_SECONDS = 35.0
+_RECENT_LINES = 20
+
+
+# The kernel sends the parent-death signal that die_with_parent asks for when
+# the *thread* that forked the child exits, not the process. Deploys run on
+# short-lived threads, so every instance is forked from this one thread, which
+# lives as long as the local cloud.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="instance-spawner"
+)
+
+
+class InstanceError(Exception):
+    """An instance did not start; the message includes its last output lines."""
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    project: str
+    location: str
+    function_id: str
+    revision_name: str
+    source_dir: Path
+    entry_point: str
+    signature_type: str  # "cloudevent" or "http"
+    timeout_seconds: int
+    concurrency: int
+    environment_variables: dict[str, str] = field(default_factory=dict)
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Instance:
+    """A functions-framework process serving one revision on a loopback port."""
+
+    def __init__(
+        self,
+        spec: InstanceSpec,
+        *,
+        host: str,
+        grpc_endpoint: str,
+        storage_endpoint: str,
+        container_log: Any,
+        preferred_port: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.host = host
+        self._grpc_endpoint = grpc_endpoint
+        self._storage_endpoint = storage_endpoint
+        self._container_log = container_log
+        if preferred_port and _port_is_free(host, preferred_port):
+            self.port = preferred_port
+        else:
+            self.port = free_port(host)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pumps: list[threading.Thread] = []
+        self._recent: collections.deque[str] = collections.deque(maxlen=_RECENT_LINES)
+        self._log_failures = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        spec = self.spec
+        environment = dict(os.environ)
+        # functions-framework 3.x reads these to configure gunicorn: one worker
+        # process with threads, and a per-request timeout like Cloud Run's.
+        environment.update(
+            {
+                "WORKERS": "1",
+                "THREADS": str(max(MIN_INSTANCE_THREADS, spec.concurrency)),
+                "CLOUD_RUN_TIMEOUT_SECONDS": str(spec.timeout_seconds),
+                "THREADED_TIMEOUT_ENABLED": "True",
+            }
+        )
+        environment.update(spec.environment_variables)
+        environment.update(
+            {
+                "GOOGLE_CLOUD_PROJECT": spec.project,
+                "K_SERVICE": spec.function_id,
+                "K_REVISION": spec.revision_name,
+                "K_CONFIGURATION": spec.function_id,
+                "PORT": str(self.port),
+                "FUNCTION_TARGET": spec.entry_point,
+                "FUNCTION_SIGNATURE_TYPE": spec.signature_type,
+                "PUBSUB_EMULATOR_HOST": self._grpc_endpoint,
+                "STORAGE_EMULATOR_HOST": self._storage_endpoint,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return environment
+
+    def start(self, timeout: float) -> None:
+        """Start the process and wait until it answers HTTP; raise InstanceError."""
+        spec = self.spec
+        command = [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            spec.entry_point,
+            "--signature-type",
+            spec.signature_type,
+            "--source",
+            str(spec.source_dir / "main.py"),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+        self._process = _SPAWNER.submit(
+            subprocess.Popen,
+            command,
+            cwd=spec.source_dir,
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,
+        ).result()
+        assert self._process.stdout is not None and self._process.stderr is not None
+        for stream_name, stream in (
+            ("stdout", self._process.stdout),
+            ("stderr", self._process.stderr),
+        ):
+            pump = threading.Thread(
+                target=self._pump,
+                args=(stream_name, stream),
+                name=f"pump-{spec.revision_name}-{stream_name}",
+                daemon=True,
+            )
+            pump.start()
+            self._pumps.append(pump)
+        log.info(
+            "instance revision=%s pid=%s starting on %s",
+            spec.revision_name,
+            self._process.pid,
+            self.url,
+        )
+        self._wait_ready(timeout)
+        log.info("instance revision=%s ready on %s", spec.revision_name, self.url)
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                self._join_pumps()
+                raise InstanceError(
+                    f"functions-framework exited with code {code} during start-up"
+                    f"{self._recent_output()}"
+                )
+            if self._answers_http():
+                return
+            time.sleep(0.1)
+        self.kill()
+        raise InstanceError(
+            f"functions-framework did not answer HTTP on port {self.port} within "
+            f"{timeout:.0f} s{self._recent_output()}"
+        )
+
+    def _answers_http(self) -> bool:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=2)
+        try:
+            connection.request("GET", "/")
+            connection.getresponse().read()
+            return True
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
+    def _recent_output(self) -> str:
+        if not self._recent:
+            return " (no output)"
+        return "; last output lines:\n" + "\n".join(self._recent)
+
+    def _pump(self, stream_name: str, stream: IO[bytes]) -> None:
+        spec = self.spec
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            self._recent.append(line)
+            try:
+                self._container_log.write_container_line(
+                    project=spec.project,
+                    service_name=spec.function_id,
+                    revision_name=spec.revision_name,
+                    location=spec.location,
+                    stream=stream_name,
+                    line=line,
+                    timestamp=time.time(),
+                )
+            except Exception:
+                self._log_failures += 1
+                # Log the first failure and then every 100th, not one per line.
+                if self._log_failures % 100 == 1:
+                    log.exception(
+                        "writing a log line of revision=%s failed (%s failures so far)",
+                        spec.revision_name,
+                        self._log_failures,
+                    )
+        stream.close()
+
+    def _join_pumps(self) -> None:
+        for pump in self._pumps:
+            pump.join(timeout=5)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Send SIGTERM, so gunicorn finishes in-flight requests; kill after grace."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "instance revision=%s did not stop within %.0f s; killing it",
+                    self.spec.revision_name,
+                    grace,
+                )
+                process.kill()
+                process.wait()
+        self._join_pumps()
+        log.info(
+            "instance revision=%s stopped with code %s",
+            self.spec.revision_name,
+            process.returncode,
+        )
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._join_pumps()
