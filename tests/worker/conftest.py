@@ -1,0 +1,299 @@
+"""Fixtures for the worker: functions-framework running function_src/ as a subprocess.
+
+The worker talks to the session's local cloud: Pub/Sub for its dead-letter topic and
+the Cloud Storage emulator for images. Tests post binary-mode CloudEvents to it the
+way Eventarc does, and read its stdout back as JSON lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import pubsub_v1, storage
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+from taskctl.localcloud.children import free_port
+from taskctl.localcloud.server import RuntimeInfo
+from tests.conftest import PROJECT
+
+FUNCTION_SOURCE = Path(__file__).resolve().parents[2] / "function_src"
+TOPIC = f"projects/{PROJECT}/topics/tasks"
+SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/tasks-push"
+STARTUP_TIMEOUT_SECONDS = 30.0
+REQUEST_TIMEOUT_SECONDS = 60.0
+
+
+class WorkerProcess:
+    """functions-framework serving ``handle_task`` on a free loopback port."""
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        self.port = free_port("127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._stdout: list[str] = []
+        self._stderr: list[str] = []
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "functions_framework",
+                "--target",
+                "handle_task",
+                "--signature-type",
+                "cloudevent",
+                "--source",
+                str(FUNCTION_SOURCE / "main.py"),
+                "--port",
+                str(self.port),
+                "--host",
+                "127.0.0.1",
+            ],
+            env={**os.environ, **environment},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for stream, lines in (
+            (self.process.stdout, self._stdout),
+            (self.process.stderr, self._stderr),
+        ):
+            threading.Thread(
+                target=self._collect, args=(stream, lines), daemon=True
+            ).start()
+        self._wait_ready()
+
+    def _collect(self, stream: Any, lines: list[str]) -> None:
+        for line in stream:
+            with self._lock:
+                lines.append(line.rstrip("\n"))
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the worker exited with code {self.process.returncode}:\n"
+                    + "\n".join(self.stderr())
+                )
+            try:
+                requests.get(self.url, timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(
+            f"the worker did not start within {STARTUP_TIMEOUT_SECONDS} s"
+        )
+
+    def stdout(self) -> list[str]:
+        with self._lock:
+            return list(self._stdout)
+
+    def stderr(self) -> list[str]:
+        with self._lock:
+            return list(self._stderr)
+
+    def log_lines(self, message_id: str) -> list[dict[str, Any]]:
+        """Return the JSON log lines of the invocations for ``message_id``."""
+        entries = [json.loads(line) for line in self.stdout() if line.startswith("{")]
+        return [entry for entry in entries if entry.get("message_id") == message_id]
+
+    def post_event(
+        self,
+        body: dict[str, Any],
+        message_id: str,
+        extra_headers: dict[str, str] | None = None,
+    ) -> requests.Response:
+        """POST ``body`` as a binary-mode CloudEvent, the way Eventarc does."""
+        headers = {
+            "ce-id": message_id,
+            "ce-source": f"//pubsub.googleapis.com/{TOPIC}",
+            "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "ce-specversion": "1.0",
+            "ce-time": "2024-05-01T12:00:00.000Z",
+            "content-type": "application/json",
+            **(extra_headers or {}),
+        }
+        return requests.post(
+            self.url,
+            data=json.dumps(body),
+            headers=headers,
+            timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass(frozen=True)
+class DeadLetterTopic:
+    """A dead-letter topic and the pull subscription tests read it with."""
+
+    topic: str
+    subscription: str
+
+
+def encode_task(task: Any) -> str:
+    """Return the base64 text of ``task`` as UTF-8 JSON, as Pub/Sub push sends it."""
+    return base64.b64encode(json.dumps(task).encode("utf-8")).decode("ascii")
+
+
+def push_body(
+    data: str,
+    message_id: str,
+    *,
+    attributes: dict[str, str] | None = None,
+    delivery_attempt: int | None = 1,
+    ordering_key: str | None = None,
+) -> dict[str, Any]:
+    """Build a push body like Pub/Sub's, leaving out ``attributes`` when None."""
+    message: dict[str, Any] = {
+        "data": data,
+        "messageId": message_id,
+        "message_id": message_id,
+        "publishTime": "2024-05-01T12:00:00.000Z",
+        "publish_time": "2024-05-01T12:00:00.000Z",
+    }
+    if attributes is not None:
+        message["attributes"] = attributes
+    if ordering_key is not None:
+        message["orderingKey"] = ordering_key
+    body: dict[str, Any] = {"message": message, "subscription": SUBSCRIPTION}
+    if delivery_attempt is not None:
+        body["deliveryAttempt"] = delivery_attempt
+    return body
+
+
+def pull_dead_letters(
+    subscriber: pubsub_v1.SubscriberClient,
+    subscription: str,
+    source_message_id: str,
+    *,
+    wait_seconds: float = 10.0,
+    settle_seconds: float = 0.5,
+) -> list[Any]:
+    """Pull and ack the dead-lettered copies of ``source_message_id``.
+
+    Pulls until one copy arrived (or ``wait_seconds`` passed), then for
+    ``settle_seconds`` more, so that a second copy would be seen too.
+    """
+    copies: list[Any] = []
+    deadline = time.monotonic() + wait_seconds
+    settle_deadline: float | None = None
+    while time.monotonic() < (settle_deadline or deadline):
+        try:
+            response = subscriber.pull(
+                subscription=subscription, max_messages=100, timeout=1.0
+            )
+        except api_exceptions.DeadlineExceeded:
+            continue
+        if response.received_messages:
+            subscriber.acknowledge(
+                subscription=subscription,
+                ack_ids=[received.ack_id for received in response.received_messages],
+            )
+        for received in response.received_messages:
+            attributes = received.message.attributes
+            if attributes.get("taskctl_source_message_id") == source_message_id:
+                copies.append(received.message)
+        if copies and settle_deadline is None:
+            settle_deadline = time.monotonic() + settle_seconds
+    return copies
+
+
+@pytest.fixture(scope="session")
+def session_publisher(channel: grpc.Channel) -> pubsub_v1.PublisherClient:
+    return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel))
+
+
+@pytest.fixture(scope="session")
+def session_subscriber(channel: grpc.Channel) -> pubsub_v1.SubscriberClient:
+    return pubsub_v1.SubscriberClient(
+        transport=SubscriberGrpcTransport(channel=channel)
+    )
+
+
+@pytest.fixture(scope="session")
+def dead_letter_topic(
+    session_publisher: pubsub_v1.PublisherClient,
+    session_subscriber: pubsub_v1.SubscriberClient,
+) -> Iterator[DeadLetterTopic]:
+    suffix = os.urandom(4).hex()
+    topic = f"projects/{PROJECT}/topics/worker-dead-letter-{suffix}"
+    subscription = f"projects/{PROJECT}/subscriptions/worker-dead-letter-{suffix}"
+    session_publisher.create_topic(name=topic)
+    session_subscriber.create_subscription(
+        name=subscription, topic=topic, ack_deadline_seconds=10
+    )
+    yield DeadLetterTopic(topic=topic, subscription=subscription)
+    session_subscriber.delete_subscription(subscription=subscription)
+    session_publisher.delete_topic(topic=topic)
+
+
+def worker_environment(
+    local_cloud: RuntimeInfo, dead_letter_topic: str | None
+) -> dict[str, str]:
+    """Return the environment the local cloud gives a function instance."""
+    environment = {
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "PUBSUB_EMULATOR_HOST": local_cloud.grpc_endpoint,
+        "STORAGE_EMULATOR_HOST": local_cloud.storage_endpoint,
+        "K_SERVICE": "task-worker",
+        "K_REVISION": "task-worker-00001",
+        "FUNCTION_TARGET": "handle_task",
+        "FUNCTION_SIGNATURE_TYPE": "cloudevent",
+        "PYTHONUNBUFFERED": "1",
+        "DEAD_LETTER_PUBLISH_TIMEOUT": "5",
+    }
+    if dead_letter_topic is not None:
+        environment["DEAD_LETTER_TOPIC"] = dead_letter_topic
+    return environment
+
+
+@pytest.fixture(scope="session")
+def worker(
+    local_cloud: RuntimeInfo, dead_letter_topic: DeadLetterTopic
+) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(worker_environment(local_cloud, dead_letter_topic.topic))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def storage_client(local_cloud: RuntimeInfo) -> storage.Client:
+    return storage.Client(
+        project=PROJECT,
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": local_cloud.storage_endpoint},
+    )
+
+
+@pytest.fixture(scope="session")
+def bucket(storage_client: storage.Client) -> Iterator[storage.Bucket]:
+    created = storage_client.create_bucket(f"worker-images-{os.urandom(4).hex()}")
+    yield created
+    for blob in storage_client.list_blobs(created.name):
+        blob.delete()
+    created.delete()
