@@ -67,7 +67,10 @@ def container_line_entry(
             "configuration_name": service_name,
         }
     )
-    entry.timestamp.FromNanoseconds(int(timestamp * 1_000_000_000))
+    # Split before scaling: a float holds epoch seconds to about 0.2 microseconds.
+    seconds = int(timestamp)
+    entry.timestamp.seconds = seconds
+    entry.timestamp.nanos = min(999_999_999, round((timestamp - seconds) * 1e9))
 
     text = line.rstrip("\r\n")
     payload = _json_object(text)

@@ -19,6 +19,7 @@ import calendar
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -149,7 +150,9 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
             return "".join(characters), index + 1
         if char == "\\" and index + 1 < len(text):
             escaped = text[index + 1]
-            characters.append(_ESCAPES.get(escaped, escaped))
+            # An unknown escape keeps its backslash, so regular expressions
+            # such as "\s+" reach the regex engine unchanged.
+            characters.append(_ESCAPES.get(escaped, "\\" + escaped))
             index += 2
             continue
         characters.append(char)
@@ -471,8 +474,8 @@ class _Parser:
             )
         if top in TIMESTAMP_FIELDS and parse_timestamp(value.text) is None:
             raise FilterError(
-                f"invalid timestamp {value.text!r}; use RFC 3339, "
-                'e.g. "2024-05-01T12:00:00Z"',
+                f"invalid timestamp {value.text!r}; write an RFC 3339 time in "
+                'double quotes, e.g. "2024-05-01T12:00:00Z"',
                 self.text,
                 value.position,
             )
@@ -503,23 +506,18 @@ def parse_timestamp(text: str) -> int | None:
         return None
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
-        seconds = calendar.timegm(
-            (
-                int(year),
-                int(month),
-                int(day),
-                int(hour or 0),
-                int(minute or 0),
-                int(second or 0),
-                0,
-                0,
-                0,
-            )
+        moment = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            tzinfo=UTC,
         )
     except ValueError:
         return None
-    if not (1 <= int(month) <= 12 and 1 <= int(day) <= 31):
-        return None
+    seconds = calendar.timegm(moment.utctimetuple())
     if offset and offset not in ("Z", "z"):
         sign = 1 if offset[0] == "+" else -1
         seconds -= sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
@@ -567,7 +565,8 @@ def evaluate(node: Node, entry: dict[str, Any]) -> bool:
         return any(needle in leaf.casefold() for leaf in string_leaves(entry))
     if isinstance(node, LogIdCall):
         log_name = normalize_log_name(str(entry.get("logName", "")))
-        return log_name.casefold().endswith("/logs/" + node.log_id.casefold())
+        wanted = normalize_log_name("/logs/" + node.log_id)
+        return log_name.casefold().endswith(wanted.casefold())
     raise TypeError(f"a bare value cannot be evaluated on its own: {node!r}")
 
 

@@ -215,9 +215,16 @@ class LoggingService:
             request.filter,
             buffer_window,
         )
-        for batch in self.tails.batches(session, context.is_active):
-            yield TailLogEntriesResponse(entries=[stored.entry for stored in batch])
-        log.debug("tail ended projects=%s", ",".join(projects))
+        # An empty first response tells the client the tail is open. Google's
+        # Python client needs one, because its stream wrapper blocks until the
+        # first response arrives before returning the stream to the caller.
+        try:
+            yield TailLogEntriesResponse()
+            for batch in self.tails.batches(session, context.is_active):
+                yield TailLogEntriesResponse(entries=[stored.entry for stored in batch])
+        finally:
+            self.tails.discard(session)
+            log.debug("tail ended projects=%s", ",".join(projects))
 
     def rpc_list_logs(self, request: Any, context: grpc.ServicerContext) -> Any:
         names = list(request.resource_names) or (

@@ -97,8 +97,12 @@ class TailHub:
                     )
                     yield ready
         finally:
-            with self._condition:
-                self._sessions.discard(session)
+            self.discard(session)
+
+    def discard(self, session: TailSession) -> None:
+        """Stop queueing entries for ``session``; closing it twice is harmless."""
+        with self._condition:
+            self._sessions.discard(session)
 
 
 def _wait_seconds(pending: list[tuple[int, StoredEntry]]) -> float:
