@@ -212,6 +212,7 @@ def _decode(data: bytes, source_url: str) -> tuple[Image.Image, str, bytes | Non
     Returns the image upright (EXIF orientation applied) in mode L, LA, RGB or RGBA,
     its format, and its ICC profile when that still describes the pixels.
     """
+    source_format = ""
     try:
         with Image.open(io.BytesIO(data)) as opened:
             width, height = opened.size

@@ -223,6 +223,28 @@ def pull_dead_letters(
     return copies
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    # Kept on the item so the worker_output fixture can tell whether the test failed.
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def worker_output(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the session worker's last output lines when a test fails."""
+    yield
+    report = getattr(request.node, "report_call", None)
+    if report is None or not report.failed or "worker" not in request.fixturenames:
+        return
+    worker = request.getfixturevalue("worker")
+    print("--- worker stdout (last 20 lines) ---")
+    print("\n".join(worker.stdout()[-20:]))
+    print("--- worker stderr (last 40 lines) ---")
+    print("\n".join(worker.stderr()[-40:]))
+
+
 @pytest.fixture(scope="session")
 def session_publisher(channel: grpc.Channel) -> pubsub_v1.PublisherClient:
     return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel))
