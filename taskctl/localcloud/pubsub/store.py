@@ -75,6 +75,10 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (subscription, available
 CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries (message);
 CREATE INDEX IF NOT EXISTS deliveries_key
     ON deliveries (subscription, ordering_key, message);
+-- Only rows with at least 5 attempts (the lowest max_delivery_attempts) can be
+-- due for dead-lettering, so the sweep does not scan a fresh backlog.
+CREATE INDEX IF NOT EXISTS deliveries_retried
+    ON deliveries (subscription, available_at) WHERE attempts >= 5;
 CREATE TABLE IF NOT EXISTS iam_policies (
     resource TEXT PRIMARY KEY,
     policy BLOB NOT NULL
@@ -445,7 +449,7 @@ class Store:
                 if key in blocked:
                     continue
                 earlier = conn.execute(
-                    "SELECT 1 FROM deliveries"
+                    "SELECT 1 FROM deliveries INDEXED BY deliveries_key"
                     " WHERE subscription = ? AND ordering_key = ?"
                     " AND message > ? AND message < ? AND lease_expires <= ? LIMIT 1",
                     (state.id, key, last_taken.get(key, -1), row["message"], now),
@@ -617,10 +621,11 @@ class Store:
                     continue
                 if state.has_dead_letter_policy:
                     rows = conn.execute(
-                        "SELECT d.message, d.attempts, m.body FROM deliveries d"
+                        "SELECT d.message, d.attempts, m.body"
+                        " FROM deliveries d INDEXED BY deliveries_retried"
                         " JOIN messages m ON m.id = d.message"
                         " WHERE d.subscription = ? AND d.available_at <= ?"
-                        " AND d.attempts >= ? LIMIT 1000",
+                        " AND d.attempts >= 5 AND d.attempts >= ? LIMIT 1000",
                         (
                             state.id,
                             now,
@@ -639,14 +644,18 @@ class Store:
         retention = seconds(state.proto.message_retention_duration)
         if retention <= 0:
             return False
-        expired = [
-            row["message"]
-            for row in conn.execute(
-                "SELECT message FROM deliveries WHERE subscription = ?"
-                " AND publish_time < ? LIMIT 10000",
-                (state.id, now - retention),
-            )
-        ]
+        # Message IDs grow with publish time, so the expired rows of a
+        # subscription come first in primary-key order.
+        cutoff = now - retention
+        expired = []
+        for row in conn.execute(
+            "SELECT message, publish_time FROM deliveries WHERE subscription = ?"
+            " ORDER BY message LIMIT 10000",
+            (state.id,),
+        ):
+            if row["publish_time"] >= cutoff:
+                break
+            expired.append(row["message"])
         if not expired:
             return False
         conn.executemany(
