@@ -20,6 +20,8 @@ from taskctl.localcloud.logging.query import (
 )
 
 ENTRY: dict[str, Any] = {
+    "textPayload": "Request timed out after 30s",
+    "httpRequest": {"remoteIp": "10.1.2.3", "status": 504},
     "logName": "projects/p/logs/run.googleapis.com%2Fstdout",
     "resource": {"type": "cloud_run_revision", "labels": {"service_name": "worker"}},
     "timestamp": "2024-05-01T12:00:00.123456789Z",
@@ -147,6 +149,27 @@ def test_parse_empty_filter_matches_all() -> None:
         ("-robot severity=ERROR", True),
         ("severity=INFO OR severity=ERROR", True),
         ("(severity=INFO OR severity=ERROR) AND labels.task_type=email", False),
+        # functions
+        ('SEARCH("timed out")', True),
+        ('SEARCH("TIMED")', True),
+        ('SEARCH("time")', False),  # whole tokens only
+        ('SEARCH("out timed")', True),  # each term on its own
+        ('SEARCH("`timed ou`")', True),  # backticks: the exact text
+        ('SEARCH("`out timed`")', False),
+        ('SEARCH(textPayload, "request")', True),
+        ('SEARCH(jsonPayload.message, "request")', False),
+        ('SEARCH(labels.missing, "x")', False),
+        ("sample(insertId, 1)", True),
+        ("sample(insertId, 0)", False),
+        ("sample(jsonPayload.absent, 1)", False),
+        ('ip_in_net(httpRequest.remoteIp, "10.0.0.0/8")', True),
+        ('ip_in_net(httpRequest.remoteIp, "192.168.0.0/16")', False),
+        ('ip_in_net(httpRequest.remoteIp, "::/0")', False),
+        ('ip_in_net(labels.task_type, "10.0.0.0/8")', False),
+        # comments
+        ("severity=ERROR -- and nothing else", True),
+        ("severity=INFO -- OR severity=ERROR", False),
+        ("-- first line only\nseverity=ERROR", True),
     ],
 )
 def test_evaluate_filter(text: str, expected: bool) -> None:
@@ -172,7 +195,15 @@ def test_evaluate_filter(text: str, expected: bool) -> None:
         ("()", "empty parentheses"),
         ("labels.=x", "empty segment"),
         ("~", "unexpected character"),
-        ("log_id(app)", "log_id() takes one quoted log ID"),
+        ('log_id("a", "b")', "log_id() takes one quoted log ID"),
+        ("log_id(app)", "unknown field 'app'"),
+        ('search("x")', "unknown function 'search'"),
+        ("SEARCH()", "SEARCH() takes a quoted query"),
+        ('SEARCH("  ")', "SEARCH() needs a non-empty query"),
+        ("sample(insertId, 1.5)", "sample() takes a field and a fraction"),
+        ("sample(insertId)", "sample() takes a field and a fraction"),
+        ('ip_in_net(httpRequest.remoteIp, "10.0.0.0/33")', "invalid network"),
+        ('ip_in_net(httpRequest.remoteIp "10.0.0.0/8")', "expected ',' or ')'"),
     ],
 )
 def test_parse_rejects_invalid(text: str, fragment: str) -> None:
@@ -180,6 +211,17 @@ def test_parse_rejects_invalid(text: str, fragment: str) -> None:
         compile_filter(text)
 
     assert fragment in str(raised.value)
+
+
+def test_sample_keeps_stable_fraction() -> None:
+    sampled = compile_filter("sample(insertId, 0.25)")
+    entries = [{"insertId": f"id-{index}"} for index in range(2000)]
+
+    chosen = [entry for entry in entries if sampled.matches(entry)]
+    again = [entry for entry in entries if sampled.matches(entry)]
+
+    assert 400 <= len(chosen) <= 600
+    assert chosen == again
 
 
 def test_error_reports_line_and_column() -> None:

@@ -180,6 +180,11 @@ FILTER_CASES = [
     ("resize", {"b"}),
     ("cache AND warmed", {"a"}),
     ("cache and", set()),  # lower-case "and" is a search term, not an operator
+    # functions and comments
+    ('SEARCH("keyerror")', {"d"}),
+    ('SEARCH(jsonPayload.message, "task")', {"b", "c"}),
+    ("sample(insertId, 1)", {"a", "b", "c", "d", "e", "f"}),
+    ("severity=ERROR -- only errors", {"d"}),
 ]
 
 

@@ -6,7 +6,9 @@ most languages: ``NOT`` binds tightest, then ``OR``, then ``AND``, so
 ``a OR NOT b AND NOT c OR d`` means ``(a OR (NOT b)) AND ((NOT c) OR d)``.
 Terms written side by side are joined by an implicit ``AND`` with the same
 (lowest) precedence as an explicit one, as in Google's filtering grammar (AIP-160).
-The boolean operators are keywords only in upper case; ``and`` is a search term.
+The boolean operators are keywords only in upper case, so ``and`` is a search
+term. ``--`` starts a comment that runs to the end of the line, and the functions
+``log_id``, ``SEARCH``, ``sample`` and ``ip_in_net`` are in ``functions.py``.
 
 Filters are evaluated over the JSON form of a LogEntry (camelCase field names,
 ``google.protobuf.json_format.MessageToDict``), so ``jsonPayload.a.b`` and
@@ -23,6 +25,15 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from taskctl.localcloud.logging.functions import (
+    Argument,
+    FunctionCall,
+    IpInNetCall,
+    LogIdCall,
+    SampleCall,
+    SearchCall,
+    build_call,
+)
 from taskctl.localcloud.logging.values import (
     MISSING,
     field_leaves,
@@ -109,6 +120,12 @@ def tokenize(text: str) -> list[Token]:
         char = text[index]
         if char.isspace():
             index += 1
+            spaced = True
+            continue
+        if text.startswith("--", index):
+            # A comment runs from "--" to the end of the line.
+            newline = text.find("\n", index)
+            index = len(text) if newline == -1 else newline
             spaced = True
             continue
         start = index
@@ -214,14 +231,7 @@ class GlobalRestriction:
     value: Value
 
 
-@dataclass(frozen=True)
-class LogIdCall:
-    """``log_id("ID")``: matches entries whose log name ends in that log ID."""
-
-    log_id: str
-
-
-Node = And | Or | Not | Comparison | GlobalRestriction | LogIdCall | Value
+Node = And | Or | Not | Comparison | GlobalRestriction | FunctionCall | Value
 
 
 # ---------------------------------------------------------------------------
@@ -351,9 +361,7 @@ class _Parser:
             and self.peek(1).kind == "("
             and not self.peek(1).spaced
         ):
-            call = self.function_call()
-            if call is not None:
-                return call
+            return self.function_call()
         run = self.adjacent_run()
         comparator = self.peek()
         if comparator.kind != "comparator":
@@ -367,20 +375,40 @@ class _Parser:
         self.check_comparison(comparison)
         return comparison
 
-    def function_call(self) -> Node | None:
-        name = self.peek()
-        if name.text != "log_id":
-            return None
+    def function_call(self) -> Node:
+        name = self.advance()
         self.advance()
-        self.advance()
-        argument = self.peek()
-        if argument.kind != "string":
-            raise self.error("log_id() takes one quoted log ID", argument)
-        self.advance()
-        if self.peek().kind != ")":
-            raise self.error("expected ')' after the log_id() argument")
-        self.advance()
-        return LogIdCall(argument.text)
+        arguments: list[Argument] = []
+        if self.peek().kind == ")":
+            self.advance()
+            return build_call(name.text, arguments, name.position, self.fail)
+        while True:
+            token = self.peek()
+            if token.kind not in ("word", "string"):
+                raise self.error(
+                    f"expected a function argument, found {self.describe(token)}", token
+                )
+            arguments.append(self.argument())
+            separator = self.advance()
+            if separator.kind == ")":
+                return build_call(name.text, arguments, name.position, self.fail)
+            if separator.kind != ",":
+                raise self.error(
+                    f"expected ',' or ')' in {name.text}(), "
+                    f"found {self.describe(separator)}",
+                    separator,
+                )
+
+    def argument(self) -> Argument:
+        run = self.adjacent_run()
+        if len(run) == 1 and run[0].kind == "string":
+            return Argument(None, run[0].text, run[0].position)
+        if len(run) == 1 and _as_number(run[0].text) is not None:
+            return Argument(None, run[0].text, run[0].position)
+        return Argument(self.field_path(run), None, run[0].position)
+
+    def fail(self, message: str, position: int) -> FilterError:
+        return FilterError(message, self.text, position)
 
     def field_path(self, run: list[Token]) -> tuple[str, ...]:
         segments: list[str] = []
@@ -563,10 +591,8 @@ def evaluate(node: Node, entry: dict[str, Any]) -> bool:
     if isinstance(node, GlobalRestriction):
         needle = node.value.text.casefold()
         return any(needle in leaf.casefold() for leaf in string_leaves(entry))
-    if isinstance(node, LogIdCall):
-        log_name = normalize_log_name(str(entry.get("logName", "")))
-        wanted = normalize_log_name("/logs/" + node.log_id)
-        return log_name.casefold().endswith(wanted.casefold())
+    if isinstance(node, LogIdCall | SearchCall | SampleCall | IpInNetCall):
+        return node.matches(entry)
     raise TypeError(f"a bare value cannot be evaluated on its own: {node!r}")
 
 
