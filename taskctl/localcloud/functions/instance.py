@@ -9,14 +9,14 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from taskctl.localcloud.children import die_with_parent, free_port
+from taskctl.localcloud import children
+from taskctl.localcloud.children import free_port
 
 log = logging.getLogger("taskctl.localcloud.functions")
 
@@ -29,7 +29,7 @@ STOP_GRACE_SECONDS = 35.0
 _RECENT_LINES = 20
 
 
-# The kernel sends the parent-death signal that die_with_parent asks for when
+# The kernel sends the parent-death signal that children.command asks for when
 # the *thread* that forked the child exits, not the process. Deploys run on
 # short-lived threads, so every instance is forked from this one thread, which
 # lives as long as the local cloud.
@@ -129,9 +129,7 @@ class Instance:
     def start(self, timeout: float) -> None:
         """Start the process and wait until it answers HTTP; raise InstanceError."""
         spec = self.spec
-        command = [
-            sys.executable,
-            "-m",
+        command = children.command(
             "functions_framework",
             "--target",
             spec.entry_point,
@@ -143,7 +141,7 @@ class Instance:
             self.host,
             "--port",
             str(self.port),
-        ]
+        )
         self._process = _SPAWNER.submit(
             subprocess.Popen,
             command,
@@ -152,7 +150,6 @@ class Instance:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            preexec_fn=die_with_parent,
         ).result()
         assert self._process.stdout is not None and self._process.stderr is not None
         for stream_name, stream in (

@@ -249,7 +249,7 @@ def _present_paths(message: Any, prefix: str = "") -> list[str]:
         path = f"{prefix}{field.name}"
         is_plain_message = (
             field.message_type is not None
-            and field.label != field.LABEL_REPEATED
+            and not field.is_repeated
             and field.message_type.full_name.startswith("google.cloud.functions.v2.")
         )
         nested = _present_paths(value, f"{path}.") if is_plain_message else []
