@@ -203,6 +203,7 @@ class PubSubService:
                 "ModifyPushConfig": unary(
                     self.rpc_modify_push_config, types.ModifyPushConfigRequest, Empty
                 ),
+                "Seek": unary(self.rpc_seek, types.SeekRequest, types.SeekResponse),
             },
         )
         add_service(
@@ -460,6 +461,29 @@ class PubSubService:
         updated.push_config.CopyFrom(request.push_config)
         self.store.replace_subscription(state, updated)
         return Empty()
+
+    def rpc_seek(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = self._subscription(request.subscription)
+        target = request.WhichOneof("target")
+        if target == "snapshot":
+            raise ServiceError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "the local cloud has no snapshots; seek to a time instead",
+            )
+        if target != "time":
+            raise invalid_argument(
+                "the seek request names neither a time nor a snapshot"
+            )
+        # NOTE: acknowledged messages are deleted at once (retain_acked_messages
+        # is not honoured), so seeking to an earlier time cannot bring them back.
+        acked = self.store.seek(state, request.time.ToNanoseconds() / 1e9)
+        log.info(
+            "seeked subscription %s to %s, acknowledging %s older messages",
+            state.name,
+            request.time.ToJsonString(),
+            acked,
+        )
+        return types.SeekResponse.pb()()
 
     # -- Subscriber: delivery -----------------------------------------------------
 

@@ -443,7 +443,10 @@ class Store:
         taken: list[sqlite3.Row] = []
         last_taken: dict[str, int] = {}
         blocked: set[str] = set()
-        for row in conn.execute(query, (state.id, now, limit * 4)).fetchall():
+        candidates = conn.execute(query, (state.id, now, limit * 4)).fetchall()
+        # Within a key, publish order decides, so a blocked key only holds back
+        # messages published after the one that blocks it.
+        for row in sorted(candidates, key=lambda candidate: candidate["message"]):
             key = row["ordering_key"]
             if key:
                 if key in blocked:
@@ -670,6 +673,38 @@ class Store:
             retention,
         )
         return True
+
+    def seek(self, state: SubscriptionState, when: float) -> int:
+        """Acknowledge messages published before ``when`` and release the rest.
+
+        Returns how many messages were acknowledged.
+        """
+        now = time.time()
+        with self.db.transaction() as conn:
+            if state.name not in self.subscriptions:
+                raise not_found(f"subscription {state.name!r} not found")
+            older = [
+                row["message"]
+                for row in conn.execute(
+                    "SELECT message FROM deliveries"
+                    " WHERE subscription = ? AND publish_time < ?",
+                    (state.id, when),
+                )
+            ]
+            conn.executemany(
+                "DELETE FROM deliveries WHERE subscription = ? AND message = ?",
+                [(state.id, message_id) for message_id in older],
+            )
+            self._drop_orphans(conn, older)
+            # Ending every lease makes the outstanding ack IDs stale, as after
+            # a seek in Google's service.
+            conn.execute(
+                "UPDATE deliveries SET lease_expires = MIN(lease_expires, ?),"
+                " available_at = ? WHERE subscription = ?",
+                (now, now, state.id),
+            )
+        self.notify()
+        return len(older)
 
     def next_due(self, state: SubscriptionState) -> float | None:
         """Return when the subscription's next message becomes due, if it has one."""
