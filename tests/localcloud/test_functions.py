@@ -851,3 +851,134 @@ def test_get_operation_rejects_bad_name(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as failure:
         get(operations_pb2.GetOperationRequest(name="operations/nope"), timeout=10)
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+SLOW_FUNCTION = """
+import base64
+import json
+import os
+import time
+
+import functions_framework
+
+
+@functions_framework.cloud_event
+def handle(event):
+    data = base64.b64decode(event.data["message"]["data"]).decode()
+    revision = os.environ["K_REVISION"]
+    with open(os.environ["OUT_FILE"], "a") as out:
+        out.write(json.dumps({"data": data, "step": "started", "revision": revision}))
+        out.write("\\n")
+    time.sleep(3)
+    with open(os.environ["OUT_FILE"], "a") as out:
+        out.write(json.dumps({"data": data, "step": "finished", "revision": revision}))
+        out.write("\\n")
+"""
+
+
+def test_redeploy_lets_inflight_request_finish(
+    deploy: Deploy,
+    client: functions_v2.FunctionServiceClient,
+    publisher: Any,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    out_file = tmp_path / "out"
+    source = upload(client, make_zip({"main.py": SLOW_FUNCTION}))
+    first, _ = deploy(function_id, event_function(source, topic, out_file))
+    publisher.publish(topic, b"slow").result(timeout=30)
+    wait_for_records(out_file, 1)
+
+    change = functions_v2.Function(
+        name=first.name,
+        service_config=functions_v2.ServiceConfig(
+            environment_variables={"OUT_FILE": str(out_file), "GREETING": "new"}
+        ),
+    )
+    second = client.update_function(
+        function=change,
+        update_mask=field_mask_pb2.FieldMask(
+            paths=["service_config.environment_variables"]
+        ),
+    ).result(timeout=DEPLOY_TIMEOUT)
+
+    records = wait_for_records(out_file, 2)
+    assert records[1] == {
+        "data": "slow",
+        "step": "finished",
+        "revision": first.service_config.revision,
+    }
+    assert second.service_config.revision != first.service_config.revision
+
+
+def test_failed_redeploy_keeps_old_revision(
+    deploy: Deploy,
+    client: functions_v2.FunctionServiceClient,
+    publisher: Any,
+    recording_source: Any,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    out_file = tmp_path / "out"
+    first, _ = deploy(function_id, event_function(recording_source, topic, out_file))
+    broken = upload(
+        client,
+        make_zip(
+            {"main.py": RECORDING_FUNCTION, "requirements.txt": "no-such-dist-xyz\n"}
+        ),
+    )
+
+    change = functions_v2.Function(
+        name=first.name,
+        build_config=functions_v2.BuildConfig(
+            source=functions_v2.Source(storage_source=broken)
+        ),
+    )
+    operation = client.update_function(
+        function=change,
+        update_mask=field_mask_pb2.FieldMask(paths=["build_config.source"]),
+    )
+    with pytest.raises(exceptions.InvalidArgument, match="no-such-dist-xyz"):
+        operation.result(timeout=DEPLOY_TIMEOUT)
+
+    current = client.get_function(name=first.name)
+    assert current.state == functions_v2.Function.State.ACTIVE
+    assert current.service_config.revision == first.service_config.revision
+    assert current.build_config.source == first.build_config.source
+    assert "no-such-dist-xyz" in current.state_messages[0].message
+    publisher.publish(topic, b"still-served").result(timeout=30)
+    [record] = wait_for_records(out_file, 1)
+    assert record["K_REVISION"] == first.service_config.revision
+
+
+def test_update_while_deploying_aborted(
+    client: functions_v2.FunctionServiceClient,
+    cleanup_functions: list[str],
+    recording_source: Any,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    cleanup_functions.append(f"{PARENT}/functions/{function_id}")
+    operation = client.create_function(
+        parent=PARENT,
+        function=event_function(recording_source, topic, tmp_path / "out"),
+        function_id=function_id,
+    )
+
+    # Starting an instance takes far longer than this RPC, so the create is
+    # still running; the test skips itself in the unlikely case it is not.
+    try:
+        client.update_function(
+            function=functions_v2.Function(
+                name=f"{PARENT}/functions/{function_id}", description="second"
+            )
+        )
+    except exceptions.Aborted as error:
+        assert "in progress" in str(error)
+    else:
+        pytest.skip("the create finished before the update arrived")
+    finally:
+        operation.result(timeout=DEPLOY_TIMEOUT)

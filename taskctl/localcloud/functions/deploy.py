@@ -530,6 +530,7 @@ class Deployer:
             # and the failure shows as a state message on the function.
             function = _Function()
             function.CopyFrom(record.function)
+            function.state = _State.ACTIVE
         else:
             function = desired
             function.state = _State.FAILED

@@ -1,0 +1,134 @@
+"""Functions across local cloud restarts: instances come back, and die with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import requests
+from google.cloud import eventarc_v1, functions_v2, pubsub_v1
+from google.cloud.eventarc_v1.services.eventarc.transports import EventarcGrpcTransport
+from google.cloud.functions_v2.services.function_service.transports import (
+    FunctionServiceGrpcTransport,
+)
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+from taskctl.localcloud import process
+from taskctl.localcloud.server import RuntimeInfo
+from tests.localcloud.test_functions import (
+    DEPLOY_TIMEOUT,
+    PARENT,
+    PROJECT,
+    RECORDING_FUNCTION,
+    event_function,
+    make_zip,
+    upload,
+    wait_for_records,
+)
+
+
+class Clients:
+    """Google's clients on one channel to one local cloud process."""
+
+    def __init__(self, info: RuntimeInfo) -> None:
+        self.channel = grpc.insecure_channel(info.grpc_endpoint)
+        self.functions = functions_v2.FunctionServiceClient(
+            transport=FunctionServiceGrpcTransport(channel=self.channel)
+        )
+        self.eventarc = eventarc_v1.EventarcClient(
+            transport=EventarcGrpcTransport(channel=self.channel)
+        )
+        self.publisher = pubsub_v1.PublisherClient(
+            transport=PublisherGrpcTransport(channel=self.channel)
+        )
+        self.subscriber = pubsub_v1.SubscriberClient(
+            transport=SubscriberGrpcTransport(channel=self.channel)
+        )
+
+
+@pytest.fixture
+def start_cloud(tmp_path: Path) -> Iterator[Callable[[], tuple[Any, RuntimeInfo]]]:
+    """Start (or restart) a local cloud on one state directory of this test."""
+    started: list[tuple[Any, RuntimeInfo, Clients]] = []
+
+    def start() -> tuple[Clients, RuntimeInfo]:
+        child, info = process.spawn(tmp_path / "state")
+        clients = Clients(info)
+        started.append((child, info, clients))
+        return clients, info
+
+    yield start
+    for child, info, clients in started:
+        clients.channel.close()
+        if child.poll() is None:
+            process.terminate(info)
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+
+
+def deploy_recorder(clients: Clients, tmp_path: Path, function_id: str) -> Any:
+    topic = clients.publisher.topic_path(PROJECT, "restart-tasks")
+    clients.publisher.create_topic(name=topic)
+    source = upload(clients.functions, make_zip({"main.py": RECORDING_FUNCTION}))
+    operation = clients.functions.create_function(
+        parent=PARENT,
+        function=event_function(source, topic, tmp_path / "out"),
+        function_id=function_id,
+    )
+    return operation.result(timeout=DEPLOY_TIMEOUT), topic
+
+
+def answers_http(url: str) -> bool:
+    try:
+        requests.get(url, timeout=2)
+    except requests.ConnectionError:
+        return False
+    return True
+
+
+def test_restart_resumes_active_function(
+    start_cloud: Callable[[], tuple[Clients, RuntimeInfo]], tmp_path: Path
+) -> None:
+    clients, info = start_cloud()
+    function, topic = deploy_recorder(clients, tmp_path, "restart-fn")
+    assert process.terminate(info)
+    assert not answers_http(function.service_config.uri)
+
+    clients, _ = start_cloud()
+    resumed = clients.functions.get_function(name=function.name)
+
+    assert resumed.state == functions_v2.Function.State.ACTIVE
+    assert resumed.service_config.revision == function.service_config.revision
+    subscription = clients.eventarc.get_trigger(
+        name=resumed.event_trigger.trigger
+    ).transport.pubsub.subscription
+    pushed_to = clients.subscriber.get_subscription(
+        subscription=subscription
+    ).push_config.push_endpoint
+    assert pushed_to == resumed.service_config.uri + "/"
+    clients.publisher.publish(topic, b"after-restart").result(timeout=30)
+    [record] = wait_for_records(tmp_path / "out", 1)
+    assert record["data"] == "after-restart"
+
+
+def test_sigkill_stops_instances(
+    start_cloud: Callable[[], tuple[Clients, RuntimeInfo]], tmp_path: Path
+) -> None:
+    clients, info = start_cloud()
+    function, _ = deploy_recorder(clients, tmp_path, "orphan-fn")
+    assert answers_http(function.service_config.uri)
+
+    os.kill(info.pid, signal.SIGKILL)
+
+    deadline = time.monotonic() + 30
+    while answers_http(function.service_config.uri) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not answers_http(function.service_config.uri)
