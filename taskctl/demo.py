@@ -221,6 +221,7 @@ def _story(
     published = publish.publish(settings, clients, tasks)
     summary.published = len(published.published)
 
+    step("Watching the worker's log entries")
     watcher = LogWatcher(settings, clients, on_event)
     others = [task.task_id for task in tasks if task.task_id != failing.task_id]
     watcher.wait_until(

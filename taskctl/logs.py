@@ -48,6 +48,11 @@ class LogRecord:
     fields: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def structured(self) -> bool:
+        """True for entries written as a JSON line (the worker's own)."""
+        return bool(self.fields) or bool(self.labels)
+
+    @property
     def task_id(self) -> str | None:
         value = self.labels.get("task_id") or self.fields.get("task_id")
         return str(value) if value is not None else None
@@ -136,14 +141,21 @@ def _to_record(entry: Any) -> LogRecord:
         timestamp = timestamp.replace(tzinfo=datetime.UTC)
     return LogRecord(
         timestamp=timestamp,
-        severity=entry.severity.name
-        if hasattr(entry.severity, "name")
-        else str(entry.severity),
+        severity=_severity_name(entry.severity),
         message=message,
         insert_id=entry.insert_id,
         labels=dict(entry.labels),
         fields={key: value for key, value in payload.items() if key != "message"},
     )
+
+
+def _severity_name(value: Any) -> str:
+    from google.logging.type import log_severity_pb2
+
+    try:
+        return str(log_severity_pb2.LogSeverity.Name(int(value)))
+    except ValueError:
+        return "DEFAULT"
 
 
 def read(settings: Settings, clients: Clients, query: LogQuery) -> list[LogRecord]:

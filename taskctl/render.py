@@ -176,7 +176,9 @@ class Renderer:
             return
         self._print_log(self.out, record)
 
-    def _print_log(self, console: Console, record: LogRecord) -> None:
+    def _print_log(
+        self, console: Console, record: LogRecord, *, first_line_only: bool = False
+    ) -> None:
         style = _SEVERITY_STYLE.get(record.severity, "")
         time_text = record.timestamp.astimezone(datetime.UTC).strftime(
             "%Y-%m-%d %H:%M:%S.%f"
@@ -184,12 +186,17 @@ class Renderer:
         context = []
         for key in ("task_id", "task_type", "delivery_attempt", "outcome"):
             value = record.labels.get(key) or record.fields.get(key)
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
             if value not in (None, ""):
                 context.append(f"{key}={value}")
         severity = f"{record.severity:<8}"
         severity = f"[{style}]{severity}[/{style}]" if style else severity
         suffix = f" [dim]{escape(' '.join(context))}[/dim]" if context else ""
-        console.print(f"{time_text} {severity} {escape(record.message)}{suffix}")
+        message = record.message
+        if first_line_only:
+            message = message.split("\n", 1)[0]
+        console.print(f"{time_text} {severity} {escape(message)}{suffix}")
 
     # --- replay -----------------------------------------------------------------------
 
@@ -280,7 +287,10 @@ class Renderer:
         if event.kind == "step":
             self.err.print(f"\n[bold]==> {escape(event.text)}[/bold]")
         elif event.kind == "log" and event.record is not None:
-            self._print_log(self.err, event.record)
+            # The worker's own structured lines tell the story; the runtime's plain
+            # text (request logs, tracebacks) stays available through taskctl logs.
+            if event.record.structured:
+                self._print_log(self.err, event.record, first_line_only=True)
         else:
             self.err.print(f"    {escape(event.text)}")
 
@@ -294,6 +304,8 @@ class Renderer:
             )
             return
         table = Table(title="Demo summary", show_header=False, show_edge=False)
+        table.add_column("item", no_wrap=True)
+        table.add_column("value", overflow="fold")
         table.add_row("published", str(summary.published))
         table.add_row("succeeded", str(summary.succeeded))
         table.add_row(

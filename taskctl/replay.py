@@ -29,6 +29,8 @@ SOURCE_ATTRIBUTES = {
     "CloudPubSubDeadLetterSourceDeliveryErrorMessage": "taskctl_dead_letter_error_message",
 }
 PULL_BATCH = 100
+# How long one pull may wait for dead letters; an empty answer ends the run.
+PULL_WAIT = 5.0  # seconds
 PUBLISH_TIMEOUT = 60  # seconds
 
 Outcome = Literal["replayed", "would_replay", "skipped", "failed"]
@@ -106,7 +108,6 @@ def replay(
     """Move dead letters back to the task topic (or, with ``dry_run``, list them)."""
     subscription = settings.dead_letter_subscription_path
     topic = settings.topic_path()
-    subscriber = clients.subscriber
     result = ReplayResult(subscription, topic, dry_run)
     with api_errors(f"reading topic {topic}"):
         clients.publisher.get_topic(request={"topic": topic})
@@ -120,19 +121,15 @@ def replay(
                 if limit is None
                 else min(PULL_BATCH, limit - len(result.items))
             )
-            with api_errors(f"pulling from {subscription}"):
-                response = subscriber.pull(
-                    request={"subscription": subscription, "max_messages": batch},
-                    timeout=30,
-                )
+            received_messages = _pull(clients, subscription, batch)
             fresh = [
                 received
-                for received in response.received_messages
+                for received in received_messages
                 if received.message.message_id not in seen
             ]
             held.extend(
                 received.ack_id
-                for received in response.received_messages
+                for received in received_messages
                 if received.message.message_id in seen
             )
             # An empty pull, or one returning only messages this run already saw (a
@@ -152,6 +149,22 @@ def replay(
     finally:
         _release(clients, subscription, held)
     return result
+
+
+def _pull(clients: Clients, subscription: str, batch: int) -> list[Any]:
+    """Pull up to ``batch`` dead letters; an empty list when none came in time."""
+    from google.api_core import exceptions
+
+    with api_errors(f"pulling from {subscription}"):
+        try:
+            response = clients.subscriber.pull(
+                request={"subscription": subscription, "max_messages": batch},
+                timeout=PULL_WAIT,
+                retry=None,
+            )
+        except exceptions.DeadlineExceeded:
+            return []
+    return list(response.received_messages)
 
 
 def _handle(

@@ -178,7 +178,9 @@ def _coerce(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
                 )
             result[key] = value
         elif key == "state_dir":
-            result[key] = Path(_as_str(value, key))
+            result[key] = (
+                value if isinstance(value, Path) else Path(_as_str(value, key))
+            )
         elif key == "function":
             if not isinstance(value, Mapping):
                 raise UsageError(

@@ -58,7 +58,9 @@ def subscriber(channel: grpc.Channel):  # type: ignore[no-untyped-def]
     from google.cloud import pubsub_v1
     from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
-    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+    return pubsub_v1.SubscriberClient(
+        transport=SubscriberGrpcTransport(channel=channel)
+    )
 
 
 @pytest.fixture

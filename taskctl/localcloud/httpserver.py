@@ -72,7 +72,9 @@ class HttpServer:
                 body = self.rfile.read(length)
                 for prefix, handler in server._routes.items():
                     if self.path.startswith(prefix):
-                        headers = {key.lower(): value for key, value in self.headers.items()}
+                        headers = {
+                            key.lower(): value for key, value in self.headers.items()
+                        }
                         self._reply(*handler(self.path, headers, body))
                         return
                 self._reply(HTTPStatus.NOT_FOUND, "text/plain", b"no such upload URL\n")

@@ -55,7 +55,9 @@ def _guard_stream(method_name: str, handler: Callable[..., Any]) -> Callable[...
     return run
 
 
-def add_service(server: grpc.Server, service_name: str, methods: dict[str, Method]) -> None:
+def add_service(
+    server: grpc.Server, service_name: str, methods: dict[str, Method]
+) -> None:
     """Register ``methods`` under the fully qualified ``service_name``.
 
     A handler may raise :class:`ServiceError`; it becomes the RPC's status.
@@ -85,4 +87,6 @@ def add_service(server: grpc.Server, service_name: str, methods: dict[str, Metho
             )
         else:
             raise ValueError(f"unknown RPC kind {method.kind!r} for {full_name}")
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service_name, handlers),)
+    )

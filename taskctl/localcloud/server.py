@@ -115,6 +115,8 @@ class LocalCloud:
             return
         log.info("local cloud stopping")
         self.functions.stop()
+        # End open log tails first, so the gRPC grace period does not wait on them.
+        self.logging.tails.close()
         if self._grpc is not None:
             self._grpc.stop(grace=2).wait()
         self.pubsub.stop()

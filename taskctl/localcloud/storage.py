@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from taskctl.localcloud.children import die_with_parent
+from taskctl.localcloud import children
 
 log = logging.getLogger("taskctl.localcloud.storage")
 
@@ -34,12 +33,14 @@ class StorageEmulator:
 
     def start(self, timeout: float = 20.0) -> None:
         self._root.mkdir(mode=0o700, exist_ok=True)
-        environment = {**os.environ, "STORAGE_BASE": str(self._root), "STORAGE_DIR": "data"}
+        environment = {
+            **os.environ,
+            "STORAGE_BASE": str(self._root),
+            "STORAGE_DIR": "data",
+        }
         with self._log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
+                children.command(
                     "gcp_storage_emulator",
                     "start",
                     "--host",
@@ -47,11 +48,10 @@ class StorageEmulator:
                     "--port",
                     str(self.port),
                     "--quiet",
-                ],
+                ),
                 env=environment,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
             )
         self._wait_ready(timeout)
         log.info("storage emulator listening on %s", self.endpoint)
