@@ -67,7 +67,7 @@ def handle(event):
     with open(os.environ["OUT_FILE"], "a") as out:
         out.write(json.dumps(record) + "\\n")
     if data == "fail":
-        raise RuntimeError("asked to fail")
+        raise RuntimeError("failing because the message data requested it")
 """
 
 
@@ -969,7 +969,7 @@ def test_update_while_deploying_aborted(
     )
 
     # Starting an instance takes far longer than this RPC, so the create is
-    # still running; the test skips itself in the unlikely case it is not.
+    # still running. In the unlikely case that it is not, the test skips itself.
     try:
         client.update_function(
             function=functions_v2.Function(

@@ -49,10 +49,10 @@ _State = types.Function.State
 _RetryPolicy = types.EventTrigger.RetryPolicy
 
 # The subscription Eventarc creates for a Pub/Sub trigger. Eventarc documents
-# the 24 h retention and the absence of a dead-letter policy; the 10 s to 600 s
-# backoff is the retry window Google describes for gen2 functions, and the
-# 600 s ack deadline (the push request timeout) is the local cloud's choice,
-# so a function may run up to its 540 s maximum before a push counts as failed.
+# the 24 h retention and the absence of a dead-letter policy. The 10 s to 600 s
+# backoff is the retry window Google describes for gen2 functions. The 600 s
+# ack deadline, which is also the push request timeout, is the local cloud's
+# choice, so a function may run for its 540 s maximum before a push fails.
 TRIGGER_ACK_DEADLINE_SECONDS = 600
 TRIGGER_RETENTION_SECONDS = 24 * 3600
 TRIGGER_MIN_BACKOFF_SECONDS = 10
@@ -149,7 +149,7 @@ class Progress:
 
 @dataclass
 class _Deployment:
-    """What one deploy attempt created, so a failure can undo it."""
+    """The revision, instance and trigger one deploy attempt created, for undoing."""
 
     revision: int
     revision_name: str

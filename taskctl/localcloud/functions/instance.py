@@ -20,7 +20,7 @@ from taskctl.localcloud.children import free_port
 
 log = logging.getLogger("taskctl.localcloud.functions")
 
-# Cloud Run scales a function out to more instances under load; the local cloud
+# Cloud Run scales a function out to more instances under load. The local cloud
 # runs one instance, so it gives that instance several gunicorn threads instead.
 MIN_INSTANCE_THREADS = 8
 # gunicorn waits this long (its graceful_timeout default, 30 s) for in-flight
@@ -29,7 +29,7 @@ STOP_GRACE_SECONDS = 35.0
 _RECENT_LINES = 20
 
 
-# The kernel sends the parent-death signal that children.command asks for when
+# The kernel sends the parent-death signal that children.command requests when
 # the *thread* that forked the child exits, not the process. Deploys run on
 # short-lived threads, so every instance is forked from this one thread, which
 # lives as long as the local cloud.
@@ -127,7 +127,7 @@ class Instance:
         return environment
 
     def start(self, timeout: float) -> None:
-        """Start the process and wait until it answers HTTP; raise InstanceError."""
+        """Start the process and wait until it responds to HTTP, else raise InstanceError."""
         spec = self.spec
         command = children.command(
             "functions_framework",
@@ -189,7 +189,7 @@ class Instance:
             time.sleep(0.1)
         self.kill()
         raise InstanceError(
-            f"functions-framework did not answer HTTP on port {self.port} within "
+            f"functions-framework did not respond to HTTP on port {self.port} within "
             f"{timeout:.0f} s{self._recent_output()}"
         )
 

@@ -62,8 +62,8 @@ def _page_size(requested: int) -> int:
 
 
 def _reject_filter(request: Any) -> None:
-    # NOTE: Google's list methods take filter and order_by; the local cloud
-    # implements neither and says so instead of ignoring them.
+    # NOTE: Google's list methods take filter and order_by. The local cloud
+    # implements neither, so it rejects them instead of ignoring them.
     for field in ("filter", "order_by"):
         value = getattr(request, field, "")
         if value:

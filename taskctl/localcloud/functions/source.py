@@ -44,7 +44,7 @@ _COPY_CHUNK_BYTES = 1024 * 1024
 
 
 class SourceError(Exception):
-    """A function's source cannot be deployed; the message says why."""
+    """A function's source cannot be deployed, for the reason in the message."""
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ Trigger = trigger_types.Trigger.pb()
 class FunctionRecord:
     """A function as stored, with what the local cloud needs to run it.
 
-    ``revision`` counts deployed revisions; ``source_dir``, ``port`` and
-    ``subscription`` describe the revision that serves now (empty when none
-    does), and ``operation`` names the operation changing the function, if any.
+    ``revision`` counts deployed revisions. ``source_dir``, ``port`` and
+    ``subscription`` describe the revision that serves now, and are empty when
+    none does. ``operation`` names the operation changing the function, if any.
     """
 
     name: str
@@ -145,7 +145,7 @@ class FunctionStore:
     def page(
         self, project: str, location: str, page_size: int, page_token: str
     ) -> tuple[list[FunctionRecord], str]:
-        """One page of functions in ``project``; location ``-`` means every one."""
+        """Return one page of functions in ``project``, of every location for ``-``."""
         after = decode_page_token(page_token) if page_token else ""
         if location == "-":
             where, parameters = "parent LIKE ?", (f"projects/{project}/locations/%",)

@@ -209,7 +209,7 @@ def _check_event_trigger(
         )
     trigger.trigger_region = location.location
     if trigger.retry_policy == types.EventTrigger.RetryPolicy.RETRY_POLICY_UNSPECIFIED:
-        # An unset policy ignores failures, which is what DO_NOT_RETRY says.
+        # An unset policy ignores failures, which is what DO_NOT_RETRY does.
         trigger.retry_policy = types.EventTrigger.RetryPolicy.RETRY_POLICY_DO_NOT_RETRY
 
 
