@@ -492,11 +492,16 @@ class PubSubService:
         return self.store.get_subscription(name)
 
     def _release(self, ack_ids: list[str]) -> None:
+        freed = False
         with self._streams_lock:
             for ack_id in ack_ids:
                 stream = self._lease_owners.pop(ack_id, None)
                 if stream is not None:
                     stream.outstanding.pop(ack_id, None)
+                    freed = True
+        if freed:
+            # A stream at max_outstanding_messages can send more now.
+            self.store.notify()
 
     def _extend(self, changed: list[tuple[str, float]], deadline: int) -> None:
         if deadline == 0:

@@ -43,6 +43,9 @@ SubscriptionPb = Subscription.pb()
 MessagePb = PubsubMessage.pb()
 ReceivedMessagePb = ReceivedMessage.pb()
 
+# Ack IDs looked up per statement, well under SQLite's limit on parameters.
+LOOKUP_CHUNK = 500
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
     name TEXT PRIMARY KEY,
@@ -411,6 +414,7 @@ class Store:
         leases: list[Lease] = []
         dead_lettered = False
         total_bytes = 0
+        updates: list[tuple[int, float, float, int, int]] = []
         with self.db.transaction() as conn:
             if state.name not in self.subscriptions:
                 return []
@@ -421,7 +425,13 @@ class Store:
                 total_bytes += len(row["body"])
                 if leases and total_bytes > max_bytes:
                     break
-                leases.append(self._lease_row(conn, state, row, deadline, now))
+                leases.append(self._lease_row(conn, state, row, deadline, now, updates))
+            conn.executemany(
+                "UPDATE deliveries"
+                " SET attempts = ?, lease_expires = ?, available_at = ?"
+                " WHERE subscription = ? AND message = ?",
+                updates,
+            )
         if dead_lettered:
             self.notify()
         return leases
@@ -473,16 +483,16 @@ class Store:
         row: sqlite3.Row,
         deadline: int,
         now: float,
+        updates: list[tuple[int, float, float, int, int]],
     ) -> Lease:
+        """Build the lease for ``row`` and queue its row update in ``updates``."""
         attempt = row["attempts"] + 1
         lease_expires = now + deadline
         # The message becomes due again when the lease ends, after the backoff
         # for this attempt failing; a last attempt is dead-lettered at once.
         backoff = 0.0 if state.is_last_attempt(attempt) else state.backoff(attempt)
-        conn.execute(
-            "UPDATE deliveries SET attempts = ?, lease_expires = ?, available_at = ?"
-            " WHERE subscription = ? AND message = ?",
-            (attempt, lease_expires, lease_expires + backoff, state.id, row["message"]),
+        updates.append(
+            (attempt, lease_expires, lease_expires + backoff, state.id, row["message"])
         )
         ack_id = make_ack_id(state.id, row["message"], attempt)
         received = ReceivedMessagePb(ack_id=ack_id)
@@ -503,24 +513,47 @@ class Store:
                 matching.append((ack_id, message_id, attempt))
         return matching
 
+    def _valid_leases(
+        self,
+        conn: sqlite3.Connection,
+        state: SubscriptionState,
+        ack_ids: Iterable[str],
+        now: float,
+    ) -> list[tuple[str, int, int]]:
+        """Return (ack ID, message, attempt) for the ack IDs whose lease is current."""
+        matching = self._matching(state, ack_ids)
+        current: set[tuple[int, int]] = set()
+        for start in range(0, len(matching), LOOKUP_CHUNK):
+            chunk = matching[start : start + LOOKUP_CHUNK]
+            placeholders = ",".join("?" * len(chunk))
+            current.update(
+                (row["message"], row["attempts"])
+                for row in conn.execute(
+                    "SELECT message, attempts FROM deliveries WHERE subscription = ?"
+                    f" AND lease_expires > ? AND message IN ({placeholders})",
+                    (state.id, now, *(message_id for _, message_id, _ in chunk)),
+                )
+            )
+        return [
+            (ack_id, message_id, attempt)
+            for ack_id, message_id, attempt in matching
+            if (message_id, attempt) in current
+        ]
+
     def acknowledge(
         self, state: SubscriptionState, ack_ids: Iterable[str]
     ) -> list[str]:
         """Remove the leased messages; return the ack IDs that were still valid."""
-        matching = self._matching(state, ack_ids)
-        acked = []
         now = time.time()
         with self.db.transaction() as conn:
-            for ack_id, message_id, attempt in matching:
-                deleted = conn.execute(
-                    "DELETE FROM deliveries WHERE subscription = ? AND message = ?"
-                    " AND attempts = ? AND lease_expires > ?",
-                    (state.id, message_id, attempt, now),
-                ).rowcount
-                if deleted:
-                    acked.append(ack_id)
-                    self._drop_orphans(conn, [message_id])
-        return acked
+            valid = self._valid_leases(conn, state, ack_ids, now)
+            message_ids = sorted({message_id for _, message_id, _ in valid})
+            conn.executemany(
+                "DELETE FROM deliveries WHERE subscription = ? AND message = ?",
+                [(state.id, message_id) for message_id in message_ids],
+            )
+            self._drop_orphans(conn, message_ids)
+        return [ack_id for ack_id, _, _ in valid]
 
     def modify_ack_deadline(
         self, state: SubscriptionState, ack_ids: Iterable[str], deadline: int
@@ -529,42 +562,45 @@ class Store:
 
         Returns the ack IDs that were still valid with their new lease end.
         """
-        matching = self._matching(state, ack_ids)
         changed: list[tuple[str, float]] = []
+        updates: list[tuple[float, float, int, int]] = []
         now = time.time()
-        nacked = False
+        lease_expires = now + deadline
         with self.db.transaction() as conn:
-            for ack_id, message_id, attempt in matching:
-                key = (state.id, message_id, attempt, now)
-                row = conn.execute(
-                    "SELECT d.message, d.attempts, m.body FROM deliveries d"
-                    " JOIN messages m ON m.id = d.message"
-                    " WHERE d.subscription = ? AND d.message = ? AND d.attempts = ?"
-                    " AND d.lease_expires > ?",
-                    key,
-                ).fetchone()
-                if row is None:
-                    continue
-                if deadline == 0:
-                    nacked = True
-                    changed.append((ack_id, now))
-                    if state.is_last_attempt(attempt):
-                        self._dead_letter(conn, state, row)
+            for ack_id, message_id, attempt in self._valid_leases(
+                conn, state, ack_ids, now
+            ):
+                changed.append((ack_id, lease_expires))
+                if deadline == 0 and state.is_last_attempt(attempt):
+                    row = self._delivery(conn, state, message_id)
+                    if self._dead_letter(conn, state, row):
                         continue
-                lease_expires = now + deadline
                 backoff = (
                     0.0 if state.is_last_attempt(attempt) else state.backoff(attempt)
                 )
-                conn.execute(
-                    "UPDATE deliveries SET lease_expires = ?, available_at = ?"
-                    " WHERE subscription = ? AND message = ?",
-                    (lease_expires, lease_expires + backoff, state.id, message_id),
+                updates.append(
+                    (lease_expires, lease_expires + backoff, state.id, message_id)
                 )
-                if deadline:
-                    changed.append((ack_id, lease_expires))
-        if nacked:
+            conn.executemany(
+                "UPDATE deliveries SET lease_expires = ?, available_at = ?"
+                " WHERE subscription = ? AND message = ?",
+                updates,
+            )
+        if deadline == 0 and changed:
             self.notify()
         return changed
+
+    @staticmethod
+    def _delivery(
+        conn: sqlite3.Connection, state: SubscriptionState, message_id: int
+    ) -> sqlite3.Row:
+        row: sqlite3.Row = conn.execute(
+            "SELECT d.message, d.attempts, m.body FROM deliveries d"
+            " JOIN messages m ON m.id = d.message"
+            " WHERE d.subscription = ? AND d.message = ?",
+            (state.id, message_id),
+        ).fetchone()
+        return row
 
     # -- dead-lettering -----------------------------------------------------------
 
