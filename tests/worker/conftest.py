@@ -109,10 +109,23 @@ class WorkerProcess:
         with self._lock:
             return list(self._stderr)
 
-    def log_lines(self, message_id: str) -> list[dict[str, Any]]:
-        """Return the JSON log lines of the invocations for ``message_id``."""
-        entries = [json.loads(line) for line in self.stdout() if line.startswith("{")]
-        return [entry for entry in entries if entry.get("message_id") == message_id]
+    def log_lines(self, message_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Return the JSON log lines for ``message_id``, up to its outcome line.
+
+        The worker writes its lines before it responds, but the reader thread may
+        not have read them yet, so this waits up to ``timeout`` for an outcome.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = [
+                json.loads(line) for line in self.stdout() if line.startswith("{")
+            ]
+            lines = [
+                entry for entry in entries if entry.get("message_id") == message_id
+            ]
+            if any("outcome" in line for line in lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
 
     def post_event(
         self,

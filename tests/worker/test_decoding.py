@@ -214,3 +214,33 @@ def test_event_without_message_dead_lettered(
     assert len(copies) == 1
     assert copies[0].attributes["taskctl_failure_reason"] == "invalid_event"
     assert json.loads(copies[0].data) == event_data
+
+
+def test_attribute_limit_keeps_reason(
+    worker: WorkerProcess,
+    dead_letter_topic: DeadLetterTopic,
+    session_subscriber,  # type: ignore[no-untyped-def]
+    unique: str,
+) -> None:
+    # Pub/Sub allows 100 attributes, so only two failure attributes still fit.
+    attributes = {f"key{index:02d}": "v" for index in range(98)}
+    message_id = f"decode-crowded-{unique}"
+    body = push_body(encode_task([1]), message_id, attributes=attributes)
+
+    response = worker.post_event(body, message_id)
+
+    assert response.status_code == 200, response.text
+    copies = pull_dead_letters(
+        session_subscriber, dead_letter_topic.subscription, message_id
+    )
+    assert len(copies) == 1
+    copied = dict(copies[0].attributes)
+    assert len(copied) == 100
+    assert copied["taskctl_failure_reason"] == "not_an_object"
+    assert all(copied[key] == "v" for key in attributes)
+    assert "taskctl_failure_detail" not in copied
+    warnings = [
+        line for line in worker.log_lines(message_id) if line["severity"] == "WARNING"
+    ]
+    assert len(warnings) == 1
+    assert "taskctl_failure_detail" in warnings[0]["message"]

@@ -56,6 +56,7 @@ def _open_blob(bucket: storage.Bucket, name: str) -> tuple[Image.Image, storage.
 def _final_line(worker: WorkerProcess, message_id: str) -> dict[str, Any]:
     lines = worker.log_lines(message_id)
     assert lines, f"no log lines for {message_id}"
+    assert "outcome" in lines[-1], f"no outcome line for {message_id}"
     return lines[-1]
 
 
