@@ -2,12 +2,16 @@
 
 Each invocation ends in one of three ways:
 
-- success: the function returns, functions-framework answers 200, Pub/Sub acks;
-- transient failure: the function raises, functions-framework answers 500, Pub/Sub
-  redelivers with backoff (and dead-letters after the subscription's max attempts);
+- success: the function returns, functions-framework responds with 200 and Pub/Sub
+  acknowledges the message.
+- transient failure: the function raises, functions-framework responds with 500 and
+  Pub/Sub redelivers with backoff, up to the subscription's max delivery attempts.
 - permanent failure: the original message is published to DEAD_LETTER_TOPIC with the
   reason in ``taskctl_*`` attributes, then the function returns, so the message is
   neither retried nor lost. If that publish fails, the function raises instead.
+
+NOTE: duplicate deliveries are not detected, because the worker has no idempotency
+store yet. A redelivered task runs again, and process_image overwrites its outputs.
 """
 
 from __future__ import annotations
@@ -128,16 +132,16 @@ def _dead_letter(
 
 
 def _log_transient_failure(log: TaskLogger, error: Exception, started: float) -> None:
-    expected = failures.is_expected_transient(error)
+    known_transient = failures.is_expected_transient(error)
     log.error(
         "task failed (%s), Pub/Sub will redeliver it: %s: %s",
-        "transient" if expected else "unexpected error",
+        "transient" if known_transient else "unexpected error",
         type(error).__name__,
         error,
         exc_info=error,
         with_stack_trace=True,
         outcome="transient_failure",
-        expected=expected,
+        known_transient=known_transient,
         error_type=type(error).__name__,
         error=str(error),
         duration_ms=_elapsed_ms(started),

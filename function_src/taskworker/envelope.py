@@ -2,10 +2,10 @@
 
 Eventarc delivers a message to a 2nd-gen function as a binary-mode CloudEvent whose
 data is the push body ``{"message": {...}, "subscription": ..., "deliveryAttempt": N}``.
-A raw Pub/Sub push body posted without CloudEvent headers is converted to a CloudEvent
-by functions-framework (3.1 and later accept it without an ``attributes`` key), but the
-conversion drops ``subscription`` and ``deliveryAttempt``, so those are read back from
-the request body.
+functions-framework converts a raw Pub/Sub push body, posted without CloudEvent
+headers, to a CloudEvent. Versions 3.1 and later accept one without an ``attributes``
+key. The conversion drops ``subscription``, ``deliveryAttempt`` and ``orderingKey``, so
+those are read back from the request body.
 """
 
 from __future__ import annotations
@@ -87,9 +87,15 @@ def read_message(event_id: str, event_data: Any) -> PushMessage:
         data=message.get("data", ""),
         attributes={str(key): str(value) for key, value in attributes.items()},
         message_id=str(message_id),
-        publish_time=message.get("publishTime") or message.get("publish_time"),
-        ordering_key=message.get("orderingKey") or extras.get("orderingKey") or None,
-        subscription=event_data.get("subscription") or extras.get("subscription"),
+        publish_time=_optional_string(
+            message.get("publishTime") or message.get("publish_time")
+        ),
+        ordering_key=_optional_string(
+            message.get("orderingKey") or extras.get("orderingKey")
+        ),
+        subscription=_optional_string(
+            event_data.get("subscription") or extras.get("subscription")
+        ),
         delivery_attempt=_parse_delivery_attempt(
             event_data.get("deliveryAttempt", extras.get("deliveryAttempt"))
         ),
@@ -182,6 +188,12 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def _optional_string(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
 
 
 def _parse_delivery_attempt(value: Any) -> int | None:

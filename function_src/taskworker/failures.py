@@ -1,7 +1,7 @@
 """Failure types, and the one place that decides whether a failure is retried.
 
 A permanent failure is dead-lettered and acknowledged: retrying cannot fix it. Every
-other failure is transient: the function raises, functions-framework answers 500 and
+other failure is transient: the function raises, functions-framework responds with 500 and
 Pub/Sub redelivers the message with backoff.
 """
 

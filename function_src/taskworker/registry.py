@@ -1,4 +1,4 @@
-"""What a task type is: a payload schema check and a handler.
+"""Task types, each a payload schema check plus a handler.
 
 Each module in the ``handlers`` package defines one ``TASK_TYPE = TaskType(...)``.
 """
@@ -14,7 +14,7 @@ from taskworker.structured_log import TaskLogger
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What a handler may know about the invocation besides its payload."""
+    """Invocation details a handler may use besides its payload."""
 
     task_id: str
     message_id: str

@@ -100,7 +100,7 @@ def test_malformed_topic_returns_500(worker_factory, unique: str) -> None:  # ty
 
 
 def test_transient_failure_needs_no_topic(worker_factory, unique: str) -> None:  # type: ignore[no-untyped-def]
-    # Only permanent failures need the topic; a missing source is still transient.
+    # Only a permanent failure needs the topic, so a missing source stays transient.
     worker = worker_factory(None)
     message_id = f"dlq-not-needed-{unique}"
     task = {

@@ -199,6 +199,7 @@ def test_missing_source_is_transient(
     assert final["outcome"] == "transient_failure"
     assert final["severity"] == "ERROR"
     assert final["error_type"] == "TransientError"
+    assert final["known_transient"] is True
     assert "not found" in final["error"]
     assert "Traceback (most recent call last)" in final["message"]
     copies = pull_dead_letters(
