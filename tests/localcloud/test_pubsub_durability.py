@@ -213,3 +213,19 @@ def test_restart_keeps_configuration(restartable: dict[str, Any]) -> None:
     assert [binding.role for binding in restored.bindings] == ["roles/pubsub.publisher"]
     new_id = clients.publisher.publish(TOPIC, b"after").result(timeout=30)
     assert int(new_id) > 0
+
+
+def test_restart_never_reuses_message_ids(restartable: dict[str, Any]) -> None:
+    clients: Clients = restartable["clients"]
+    clients.publisher.create_topic(name=TOPIC)
+    # Without subscriptions the messages are dropped, but their IDs are spent.
+    before = clients.raw_publisher.publish(
+        request={"topic": TOPIC, "messages": [{"data": b"x"}] * 5}
+    ).message_ids
+
+    clients = kill_and_restart(restartable)
+    after = clients.raw_publisher.publish(
+        request={"topic": TOPIC, "messages": [{"data": b"y"}] * 5}
+    ).message_ids
+
+    assert set(before).isdisjoint(after)

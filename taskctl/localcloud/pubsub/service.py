@@ -281,8 +281,8 @@ class PubSubService:
 
     def delete_subscription(self, name: str) -> None:
         validation.parse_name("subscription", name)
+        # Open streams on it notice the deletion when the store wakes them.
         self.store.delete_subscription(name)
-        self._drop_streams_of(name)
         log.info("deleted subscription %s", name)
 
     def get_subscription(self, name: str) -> Any:
@@ -478,7 +478,7 @@ class PubSubService:
         # is not honoured), so seeking to an earlier time cannot bring them back.
         acked = self.store.seek(state, request.time.ToNanoseconds() / 1e9)
         log.info(
-            "seeked subscription %s to %s, acknowledging %s older messages",
+            "seek on subscription %s to %s acknowledged %s older messages",
             state.name,
             request.time.ToJsonString(),
             acked,
@@ -691,6 +691,13 @@ class PubSubService:
                         self._lease_owners[lease.ack_id] = stream
                 response = types.StreamingPullResponse.pb()()
                 response.received_messages.extend(lease.received for lease in leases)
+                # NOTE: exactly-once delivery is accepted on subscriptions but not
+                # provided, so streams always report it as off and clients fall
+                # back to at-least-once acks.
+                properties = response.subscription_properties
+                properties.message_ordering_enabled = (
+                    state.proto.enable_message_ordering
+                )
                 yield response
                 continue
             timeout = self._time_to_due(state) if free > 0 else 1.0
@@ -709,9 +716,6 @@ class PubSubService:
         return min(
             MAX_MESSAGES_PER_RESPONSE, stream.max_outstanding_messages - outstanding
         )
-
-    def _drop_streams_of(self, name: str) -> None:
-        self.store.notify()
 
     # -- IAMPolicy ----------------------------------------------------------------
 
@@ -743,10 +747,7 @@ class PubSubService:
         self, request: Any, context: grpc.ServicerContext
     ) -> Any:
         self._iam_resource(request.resource)
-        # The local caller owns every local project, so it holds every permission.
+        # The local caller owns every local project, so it has every permission.
         return iam_policy_pb2.TestIamPermissionsResponse(
             permissions=list(request.permissions)
         )
-
-
-__all__ = ["PubSubService", "ServiceError"]

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 from google.iam.v1 import policy_pb2
+from google.protobuf import timestamp_pb2
 from google.pubsub_v1.types import PubsubMessage, ReceivedMessage, Subscription, Topic
 
 from taskctl.localcloud.db import Database
@@ -82,6 +83,12 @@ CREATE INDEX IF NOT EXISTS deliveries_key
 -- due for dead-lettering, so the sweep does not scan a fresh backlog.
 CREATE INDEX IF NOT EXISTS deliveries_retried
     ON deliveries (subscription, available_at) WHERE attempts >= 5;
+-- The last message ID handed out, kept even when no row was stored for it
+-- (a topic without subscriptions), so IDs are never reused after a restart.
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS iam_policies (
     resource TEXT PRIMARY KEY,
     policy BLOB NOT NULL
@@ -150,10 +157,10 @@ def parse_ack_id(ack_id: str) -> tuple[int, int, int]:
     return subscription_id, message_id, attempt
 
 
-def _timestamp(when: float) -> Any:
-    message = MessagePb()
-    message.publish_time.FromNanoseconds(int(when * 1e9))
-    return message.publish_time
+def _timestamp(when: float) -> timestamp_pb2.Timestamp:
+    timestamp = timestamp_pb2.Timestamp()
+    timestamp.FromNanoseconds(int(when * 1e9))
+    return timestamp
 
 
 class Store:
@@ -168,6 +175,7 @@ class Store:
         self.topics: dict[str, Any] = {}
         self.subscriptions: dict[str, SubscriptionState] = {}
         self._by_id: dict[int, SubscriptionState] = {}
+        self._missing_dead_letter_topics: set[str] = set()
         self._load()
 
     # -- start-up -----------------------------------------------------------------
@@ -186,7 +194,13 @@ class Store:
                 )
             )
         rows = self.db.query("SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
-        self._next_message_id = (rows[0]["seq"] if rows else 0) + 1
+        counters = self.db.query(
+            "SELECT value FROM counters WHERE name = 'last_message_id'"
+        )
+        last_message_id = max(
+            rows[0]["seq"] if rows else 0, counters[0]["value"] if counters else 0
+        )
+        self._next_message_id = last_message_id + 1
         now = time.time()
         with self.db.transaction() as conn:
             # Leases do not survive a restart: the subscribers' streams are gone,
@@ -211,11 +225,10 @@ class Store:
             self.changed.notify_all()
 
     def wait_for_change(self, generation: int, timeout: float) -> int:
-        """Wait until :meth:`notify` runs after ``generation`` was read, or time out.
+        """Wait for a :meth:`notify` after ``generation``; return the new generation.
 
-        Returns the current generation; comparing generations instead of only
-        waiting on the condition means a notification that came while the caller
-        was busy is not lost.
+        Comparing generations keeps a notification that came while the caller
+        was busy from being lost.
         """
         with self.changed:
             if self.generation == generation and timeout > 0:
@@ -354,9 +367,15 @@ class Store:
         targets = self.subscriptions_of(topic)
         ids = list(range(self._next_message_id, self._next_message_id + len(messages)))
         self._next_message_id += len(messages)
+        conn.execute(
+            "INSERT OR REPLACE INTO counters (name, value) VALUES ('last_message_id', ?)",
+            (ids[-1],),
+        )
+
         if not targets:
             # Google drops messages published to a topic without subscriptions.
             return ids
+
         message_rows = []
         delivery_rows = []
         publish_time = _timestamp(now)
@@ -374,6 +393,7 @@ class Store:
                     message.ordering_key if state.proto.enable_message_ordering else ""
                 )
                 delivery_rows.append((state.id, message_id, now, ordering_key, now))
+
         conn.executemany(
             "INSERT INTO messages (id, topic, body) VALUES (?, ?, ?)", message_rows
         )
@@ -447,20 +467,32 @@ class Store:
         )
         if not state.proto.enable_message_ordering:
             return conn.execute(query, (state.id, now, limit)).fetchall()
-        # With message ordering, a message is due only when every earlier message
-        # of its key is leased right now (or taken in this batch), so a nacked or
-        # expired message holds back the later ones of its key.
+
+        candidates = conn.execute(query, (state.id, now, limit * 4)).fetchall()
+        return self._in_key_order(conn, state, candidates, limit, now)
+
+    def _in_key_order(
+        self,
+        conn: sqlite3.Connection,
+        state: SubscriptionState,
+        candidates: list[sqlite3.Row],
+        limit: int,
+        now: float,
+    ) -> list[sqlite3.Row]:
+        """Keep the candidates whose earlier messages of the same key are leased.
+
+        A nacked or expired message thus holds back the later ones of its key.
+        Candidates are walked in publish order, so a blocked key holds back only
+        messages published after the one that blocks it.
+        """
         taken: list[sqlite3.Row] = []
         last_taken: dict[str, int] = {}
         blocked: set[str] = set()
-        candidates = conn.execute(query, (state.id, now, limit * 4)).fetchall()
-        # Within a key, publish order decides, so a blocked key only holds back
-        # messages published after the one that blocks it.
         for row in sorted(candidates, key=lambda candidate: candidate["message"]):
             key = row["ordering_key"]
+            if key in blocked:
+                continue
             if key:
-                if key in blocked:
-                    continue
                 earlier = conn.execute(
                     "SELECT 1 FROM deliveries INDEXED BY deliveries_key"
                     " WHERE subscription = ? AND ordering_key = ?"
@@ -471,6 +503,7 @@ class Store:
                     blocked.add(key)
                     continue
                 last_taken[key] = row["message"]
+
             taken.append(row)
             if len(taken) == limit:
                 break
@@ -610,14 +643,18 @@ class Store:
         """Move a message to the dead-letter topic inside the caller's transaction."""
         dead_letter_topic = state.proto.dead_letter_policy.dead_letter_topic
         if dead_letter_topic not in self.topics:
-            log.warning(
-                "dead-letter topic %s of subscription %s does not exist; keeping "
-                "message %s on the subscription",
-                dead_letter_topic,
-                state.name,
-                row["message"],
-            )
+            if state.name not in self._missing_dead_letter_topics:
+                self._missing_dead_letter_topics.add(state.name)
+                log.warning(
+                    "dead-letter topic %s of subscription %s not found; keeping "
+                    "message %s and later ones on the subscription until it exists",
+                    dead_letter_topic,
+                    state.name,
+                    row["message"],
+                )
             return False
+        self._missing_dead_letter_topics.discard(state.name)
+
         original = MessagePb.FromString(row["body"])
         forwarded = MessagePb(data=original.data, ordering_key=original.ordering_key)
         forwarded.attributes.update(original.attributes)
@@ -632,6 +669,7 @@ class Store:
                 ),
             }
         )
+
         new_ids = self._insert_messages(
             conn, dead_letter_topic, [forwarded], time.time()
         )
@@ -683,7 +721,7 @@ class Store:
         retention = seconds(state.proto.message_retention_duration)
         if retention <= 0:
             return False
-        # Message IDs grow with publish time, so the expired rows of a
+        # Message IDs are assigned in publish order, so the expired rows of a
         # subscription come first in primary-key order.
         cutoff = now - retention
         expired = []
