@@ -414,3 +414,30 @@ def test_streaming_pull_invalid_deadline_rejected(
 
     with pytest.raises(exceptions.InvalidArgument):
         next(iter(raw_subscriber.streaming_pull(requests=requests)))
+
+
+def test_subscribe_extends_leases(
+    publisher: Any, subscriber: Any, topic: str, subscription: str
+) -> None:
+    # The callback outlives the 10 s ack deadline, so only the client's lease
+    # extensions keep the message from being redelivered.
+    publish(publisher, topic, b"slow")
+    deliveries: list[bytes] = []
+    done = threading.Event()
+
+    def callback(message: Any) -> None:
+        deliveries.append(message.data)
+        time.sleep(13)
+        message.ack()
+        done.set()
+
+    future = subscriber.subscribe(subscription, callback)
+    try:
+        assert done.wait(30)
+        time.sleep(1)
+    finally:
+        future.cancel()
+        future.result(timeout=10)
+
+    assert deliveries == [b"slow"]
+    assert pull_now(subscriber, subscription) == []

@@ -444,3 +444,22 @@ def test_internal_api_get_and_delete(
     assert fetched.ack_deadline_seconds == 10
     with pytest.raises(Exception, match="not found"):
         service.get_subscription(name)
+
+
+def test_push_timeout_counts_as_nack(
+    publisher: Any,
+    topic: str,
+    endpoint: PushEndpoint,
+    make_subscription: Callable[..., str],
+) -> None:
+    # The push request times out after the ack deadline (10 s, the minimum).
+    endpoint.delay = 11.0
+    make_subscription(push_config={"push_endpoint": endpoint.url})
+    publisher.publish(topic, b"slow").result(timeout=30)
+    [first] = endpoint.wait_for(1)
+    endpoint.delay = 0.0
+
+    requests = endpoint.wait_for(2, timeout=20)
+    waited = requests[1].at - first.at
+
+    assert 9.5 <= waited <= 15
