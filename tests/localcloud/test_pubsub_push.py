@@ -463,3 +463,21 @@ def test_push_timeout_counts_as_nack(
     waited = requests[1].at - first.at
 
     assert 9.5 <= waited <= 15
+
+
+def test_push_failures_pause_delivery(
+    publisher: Any,
+    topic: str,
+    endpoint: PushEndpoint,
+    make_subscription: Callable[..., str],
+) -> None:
+    # Without a retry policy a nacked message is due at once; the pause after
+    # each failure (0.1 s, doubling) keeps the endpoint from a tight loop.
+    endpoint.status = lambda index: 500
+    make_subscription(push_config={"push_endpoint": endpoint.url})
+    publisher.publish(topic, b"x").result(timeout=30)
+
+    endpoint.wait_for(1)
+    time.sleep(2.0)
+
+    assert 3 <= len(endpoint.requests) <= 8

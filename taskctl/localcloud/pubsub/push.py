@@ -21,6 +21,13 @@ ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
 MAX_IN_FLIGHT_PER_SUBSCRIPTION = 16
 MAX_PUSH_THREADS = 64
 CLOUD_EVENT_TYPE = "google.cloud.pubsub.topic.v1.messagePublished"
+# After a nacked push the subscription's pushes pause, from 0.1 s doubling up to
+# 10 s while failures continue, so a down endpoint does not get a tight retry
+# loop when the retry policy allows immediate redelivery.
+# NOTE: Google adapts the push rate to the success rate but publishes no
+# figures; these bounds are the local cloud's own choice.
+FIRST_PUSH_PAUSE_SECONDS = 0.1
+MAX_PUSH_PAUSE_SECONDS = 10.0
 
 
 def message_json(message: Any) -> dict[str, Any]:
@@ -96,6 +103,8 @@ class PushDispatcher:
         self._stopping = threading.Event()
         self._in_flight: dict[int, int] = {}
         self._in_flight_lock = threading.Lock()
+        self._failure_streaks: dict[int, int] = {}
+        self._paused_until: dict[int, float] = {}
         self._pool = ThreadPoolExecutor(
             MAX_PUSH_THREADS, thread_name_prefix="pubsub-push"
         )
@@ -132,6 +141,10 @@ class PushDispatcher:
                 continue
             with self._in_flight_lock:
                 free = MAX_IN_FLIGHT_PER_SUBSCRIPTION - self._in_flight.get(state.id, 0)
+                paused_until = self._paused_until.get(state.id, 0.0)
+            if paused_until > now:
+                wait = min(wait, paused_until - now)
+                continue
             if free <= 0:
                 continue
             leases = self.store.lease(state, free, state.proto.ack_deadline_seconds)
@@ -179,6 +192,8 @@ class PushDispatcher:
                     outcome,
                 )
                 self.store.modify_ack_deadline(state, [lease.ack_id], 0)
+            # A failure that is dropped needs no pause, because nothing is retried.
+            self._record_outcome(state, acked or not state.retry_failed_pushes)
         except Exception:
             log.exception(
                 "recording the push outcome of message %s on %s failed",
@@ -189,6 +204,20 @@ class PushDispatcher:
             with self._in_flight_lock:
                 self._in_flight[state.id] = self._in_flight.get(state.id, 1) - 1
             self.store.notify()
+
+    def _record_outcome(self, state: SubscriptionState, acked: bool) -> None:
+        with self._in_flight_lock:
+            if acked:
+                self._failure_streaks.pop(state.id, None)
+                self._paused_until.pop(state.id, None)
+                return
+            streak = self._failure_streaks.get(state.id, 0) + 1
+            self._failure_streaks[state.id] = streak
+            pause = min(
+                MAX_PUSH_PAUSE_SECONDS,
+                FIRST_PUSH_PAUSE_SECONDS * 2 ** min(streak - 1, 30),
+            )
+            self._paused_until[state.id] = time.time() + pause
 
     def _post(self, state: SubscriptionState, lease: Lease) -> int:
         endpoint = urlsplit(state.proto.push_config.push_endpoint)
