@@ -8,7 +8,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from taskctl import __version__
@@ -109,12 +108,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         renderer.error(str(error))
         return error.exit_code
-    except click.exceptions.Exit as error:
-        return error.exit_code
-    except click.ClickException as error:
-        error.show()
+    except typer.Exit as error:
+        return int(error.exit_code)
+    except typer.TyperException as error:
+        # Typer's own usage errors (unknown option, missing argument, bad value).
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            renderer.error(str(error))
         return ExitCode.USAGE
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         renderer.error("interrupted")
         return ExitCode.INTERRUPTED
     except Exception as error:

@@ -1,0 +1,102 @@
+"""taskctl local: up, status, env and down, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from tests.cli.helpers import taskctl
+
+
+def test_local_lifecycle(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {"TASKCTL_STATE_DIR": str(state)}
+
+    stopped = taskctl("local", "status", env=env, cwd=tmp_path)
+    assert stopped.code == 3
+    assert "not running" in stopped.stdout
+
+    started = taskctl(
+        "--json", "local", "up", "--detach", "--port", "0", env=env, cwd=tmp_path
+    )
+    assert started.code == 0, started.stderr
+    status = started.json()
+    try:
+        assert status["running"] is True
+        assert status["grpc_endpoint"].startswith("127.0.0.1:")
+        assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
+
+        again = taskctl("local", "up", "--detach", env=env, cwd=tmp_path)
+        assert again.code == 1
+        assert "already runs" in again.stderr
+
+        exported = taskctl("local", "env", env=env, cwd=tmp_path)
+        assert exported.code == 0
+        assert (
+            f"export PUBSUB_EMULATOR_HOST={status['grpc_endpoint']}" in exported.stdout
+        )
+        assert "export STORAGE_EMULATOR_HOST=http://127.0.0.1:" in exported.stdout
+
+        log = (state / "localcloud.log").read_text()
+        assert "loopback only" in log
+    finally:
+        stopped_now = taskctl("local", "down", env=env, cwd=tmp_path)
+    assert stopped_now.code == 0
+    assert taskctl("local", "status", env=env, cwd=tmp_path).code == 3
+    assert taskctl("local", "down", env=env, cwd=tmp_path).code == 3
+
+
+def test_commands_need_running_local_cloud(tmp_path: Path) -> None:
+    env = {"TASKCTL_STATE_DIR": str(tmp_path / "nothing")}
+    for arguments in (["provision"], ["logs"], ["replay-dlq"], ["local", "env"]):
+        result = taskctl(*arguments, env=env, cwd=tmp_path)
+        assert result.code == 3, arguments
+        assert "local cloud is not running" in result.stderr
+        assert "taskctl local up" in result.stderr
+
+
+def test_help_lists_every_command() -> None:
+    result = taskctl("--help")
+    assert result.code == 0
+    for command in ("provision", "publish", "logs", "replay-dlq", "demo", "local"):
+        assert command in result.stdout
+    for command in ("provision", "publish", "logs", "replay-dlq", "demo"):
+        help_text = taskctl(command, "--help")
+        assert help_text.code == 0, command
+        assert "Example:" in help_text.stdout, command
+    for command in ("up", "status", "down", "env"):
+        help_text = taskctl("local", command, "--help")
+        assert help_text.code == 0, command
+        assert "Example:" in help_text.stdout, command
+
+
+def test_readme_names_every_command() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for command in (
+        "provision",
+        "publish",
+        "logs",
+        "replay-dlq",
+        "demo",
+        "local up",
+        "local status",
+        "local down",
+        "local env",
+    ):
+        assert f"taskctl {command}" in readme, command
+
+
+def test_unknown_option_exits_2(tmp_path: Path) -> None:
+    result = taskctl("publish", "--no-such-flag", cwd=tmp_path)
+    assert result.code == 2
+    assert "No such option" in result.stderr
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    env = {"TASKCTL_STATE_DIR": str(tmp_path / "nothing")}
+    plain = taskctl("logs", env=env, cwd=tmp_path)
+    assert "Traceback" not in plain.stderr
+    debug = taskctl("--debug", "logs", env=env, cwd=tmp_path)
+    assert debug.code == 3
+    assert "Traceback" in debug.stderr
