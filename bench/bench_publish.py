@@ -4,7 +4,7 @@ The same ``google-cloud-pubsub`` PublisherClient publishes N small messages to
 two servers started in this run, each in its own process:
 
 - the local cloud, to a topic with one pull subscription, so every message is
-  committed to SQLite before its publish is answered;
+  committed to SQLite before the publish returns;
 - a do-nothing gRPC server whose Publish returns message IDs at once.
 
 The ratio (local cloud / baseline) shows the cost of storing messages and is

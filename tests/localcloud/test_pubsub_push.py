@@ -471,8 +471,8 @@ def test_push_failures_pause_delivery(
     endpoint: PushEndpoint,
     make_subscription: Callable[..., str],
 ) -> None:
-    # Without a retry policy a nacked message is due at once; the pause after
-    # each failure (0.1 s, doubling) keeps the endpoint from a tight loop.
+    # Without a retry policy a nacked message is due again at once. The pause
+    # after each failure (0.1 s, doubling) keeps the endpoint from a tight loop.
     endpoint.status = lambda index: 500
     make_subscription(push_config={"push_endpoint": endpoint.url})
     publisher.publish(topic, b"x").result(timeout=30)
@@ -481,3 +481,31 @@ def test_push_failures_pause_delivery(
     time.sleep(2.0)
 
     assert 3 <= len(endpoint.requests) <= 8
+
+
+def test_push_ordering_one_per_key(
+    channel: grpc.Channel,
+    topic: str,
+    endpoint: PushEndpoint,
+    make_subscription: Callable[..., str],
+) -> None:
+    endpoint.delay = 0.05
+    endpoint.status = lambda index: 500 if index == 0 else 204
+    make_subscription(
+        push_config={"push_endpoint": endpoint.url}, enable_message_ordering=True
+    )
+    ordered = pubsub_v1.PublisherClient(
+        publisher_options=pubsub_v1.types.PublisherOptions(
+            enable_message_ordering=True
+        ),
+        transport=PublisherGrpcTransport(channel=channel),
+    )
+    for n in range(5):
+        ordered.publish(topic, b"%d" % n, ordering_key="k")
+    ordered.publish(topic, b"5", ordering_key="k").result(timeout=30)
+
+    requests = endpoint.wait_for(7)
+    data = [base64.b64decode(json.loads(r.body)["message"]["data"]) for r in requests]
+
+    assert data == [b"0", b"0", b"1", b"2", b"3", b"4", b"5"]
+    assert endpoint.max_in_flight == 1

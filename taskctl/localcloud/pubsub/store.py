@@ -483,10 +483,12 @@ class Store:
 
         A nacked or expired message thus holds back the later ones of its key.
         Candidates are walked in publish order, so a blocked key holds back only
-        messages published after the one that blocks it.
+        messages published after the one that blocks it. Push sends requests in
+        parallel, so for a push subscription any earlier message of the key,
+        leased or not, holds back the later ones, and one message per key is due.
         """
-        taken: list[sqlite3.Row] = []
-        last_taken: dict[str, int] = {}
+        due: list[sqlite3.Row] = []
+        last_due: dict[str, int] = {}
         blocked: set[str] = set()
         for row in sorted(candidates, key=lambda candidate: candidate["message"]):
             key = row["ordering_key"]
@@ -496,18 +498,28 @@ class Store:
                 earlier = conn.execute(
                     "SELECT 1 FROM deliveries INDEXED BY deliveries_key"
                     " WHERE subscription = ? AND ordering_key = ?"
-                    " AND message > ? AND message < ? AND lease_expires <= ? LIMIT 1",
-                    (state.id, key, last_taken.get(key, -1), row["message"], now),
+                    " AND message > ? AND message < ?"
+                    " AND (lease_expires <= ? OR ?) LIMIT 1",
+                    (
+                        state.id,
+                        key,
+                        last_due.get(key, -1),
+                        row["message"],
+                        now,
+                        int(state.is_push),
+                    ),
                 ).fetchone()
                 if earlier is not None:
                     blocked.add(key)
                     continue
-                last_taken[key] = row["message"]
+                last_due[key] = row["message"]
+                if state.is_push:
+                    blocked.add(key)
 
-            taken.append(row)
-            if len(taken) == limit:
+            due.append(row)
+            if len(due) == limit:
                 break
-        return taken
+        return due
 
     def _lease_row(
         self,
