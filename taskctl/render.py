@@ -21,6 +21,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from taskctl.demo import DemoEvent, DemoSummary
+    from taskctl.localcloud.smtp import ReceivedMail
     from taskctl.logs import LogRecord
     from taskctl.provision import ProvisionResult
     from taskctl.publish import PublishResult
@@ -52,6 +53,10 @@ def _default(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return str(value)
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
 
 
 class Renderer:
@@ -278,6 +283,40 @@ class Renderer:
             return
         for name, value in variables.items():
             sys.stdout.write(f"export {name}={value}\n")
+
+    def local_emails(self, messages: list[ReceivedMail]) -> None:
+        if self.json_output:
+            self.emit_json(
+                [
+                    {
+                        "received_at": _utc(message.received_at).isoformat(),
+                        "message_id": message.message_id,
+                        "from": message.mail_from,
+                        "recipients": list(message.recipients),
+                        "subject": message.subject,
+                        "size": message.size,
+                        "file": str(message.path),
+                    }
+                    for message in messages
+                ]
+            )
+            return
+        if not messages:
+            self.out.print("No mail has reached the local cloud's SMTP sink.")
+            return
+        table = Table(show_edge=False)
+        table.add_column("time (UTC)")
+        table.add_column("from")
+        table.add_column("to")
+        table.add_column("subject")
+        for message in messages:
+            table.add_row(
+                _utc(message.received_at).strftime("%Y-%m-%d %H:%M:%S"),
+                escape(message.mail_from),
+                escape(", ".join(message.recipients)),
+                escape(message.subject or ""),
+            )
+        self.out.print(table)
 
     # --- the demo ------------------------------------------------------------------
 

@@ -182,3 +182,26 @@ def env(
     }
     context.renderer.local_env(variables)
     sys.stdout.flush()
+
+
+@app.command()
+def emails(
+    ctx: typer.Context,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Show at most this many messages, newest first.")
+    ] = 20,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="State directory of the local cloud.")
+    ] = None,
+) -> None:
+    """List the mail that functions sent to the local cloud's SMTP sink.
+
+    Each message is stored under STATE_DIR/mail/ as an .eml file; --json prints
+    the file paths and the envelope recipients (Bcc included).
+
+    Example: taskctl local emails --limit 5
+    """
+    from taskctl.localcloud.smtp import list_mail
+
+    directory, _ = _state_dir(ctx, state_dir)
+    app_context(ctx).renderer.local_emails(list_mail(directory, limit=limit))

@@ -20,6 +20,8 @@ class RuntimeInfo:
     storage_port: int
     state_dir: str
     started_at: float
+    # 0 in runtime files written before the local cloud had an SMTP sink.
+    smtp_port: int = 0
 
     @property
     def grpc_endpoint(self) -> str:
@@ -28,6 +30,10 @@ class RuntimeInfo:
     @property
     def storage_endpoint(self) -> str:
         return f"http://{self.host}:{self.storage_port}"
+
+    @property
+    def smtp_endpoint(self) -> str:
+        return f"{self.host}:{self.smtp_port}"
 
     @classmethod
     def read(cls, state_dir: Path) -> RuntimeInfo | None:

@@ -20,6 +20,7 @@ from taskctl.localcloud.logging.service import LoggingService
 from taskctl.localcloud.pubsub.service import PubSubService
 from taskctl.localcloud.resourcemanager import ResourceManagerService
 from taskctl.localcloud.runtime import RUNTIME_FILE, RuntimeInfo
+from taskctl.localcloud.smtp import SmtpSink
 from taskctl.localcloud.storage import StorageEmulator
 
 log = logging.getLogger("taskctl.localcloud")
@@ -60,6 +61,7 @@ class LocalCloud:
 
         self.http = HttpServer(self.host, 0, MAX_UPLOAD_BYTES)
         self.storage = StorageEmulator(self.state_dir, self.host, free_port(self.host))
+        self.smtp = SmtpSink(self.state_dir, self.host)
         self.pubsub = PubSubService(self.state_dir)
         self.logging = LoggingService(self.state_dir)
         self.resource_manager = ResourceManagerService()
@@ -81,6 +83,7 @@ class LocalCloud:
             service.register(self._grpc)
 
         self.storage.start()
+        self.smtp.start()
         self.http.start()
         self._grpc.start()
         self.pubsub.start()
@@ -93,6 +96,7 @@ class LocalCloud:
             grpc_port=grpc_port,
             http_port=self.http.port,
             storage_port=self.storage.port,
+            smtp_port=self.smtp.port,
             state_dir=str(self.state_dir),
             started_at=time.time(),
         )
@@ -123,6 +127,7 @@ class LocalCloud:
         self.logging.stop()
         self.http.stop()
         self.storage.stop()
+        self.smtp.stop()
         (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
         self._stopped.set()
         log.info("local cloud stopped")
