@@ -253,9 +253,12 @@ class Provisioner:
 
         settings = self.settings
         function = settings.function
+        # The worker reads these: where permanent failures go, and how long a run may
+        # last, which bounds the lease on its idempotency record.
         environment = {
             **function.environment,
             "DEAD_LETTER_TOPIC": settings.dead_letter_topic_path,
+            "FUNCTION_TIMEOUT_SECONDS": str(function.timeout),
         }
         build_config = functions_v2.BuildConfig(
             runtime=function.runtime, entry_point=function.entry_point

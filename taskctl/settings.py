@@ -38,6 +38,11 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 # Environment variables that Cloud Functions reserves and a function may not set.
 RESERVED_ENVIRONMENT = {"K_SERVICE", "K_REVISION", "K_CONFIGURATION", "PORT"}
+# Variables taskctl sets on the function from other settings.
+MANAGED_ENVIRONMENT = {
+    "DEAD_LETTER_TOPIC": "dead_letter_topic",
+    "FUNCTION_TIMEOUT_SECONDS": "function.timeout",
+}
 
 
 @dataclass(frozen=True)
@@ -416,6 +421,12 @@ def validate(settings: Settings) -> None:
     _check_range("function.timeout", function.timeout, 1, 540, "s")
     _check_range("function.max_instances", function.max_instances, 1, 1000)
     for name in function.environment:
+        if name in MANAGED_ENVIRONMENT:
+            raise UsageError(
+                f"function.environment sets {name}, which taskctl sets from "
+                f"{MANAGED_ENVIRONMENT[name]}",
+                hint=f"remove it and set {MANAGED_ENVIRONMENT[name]} instead",
+            )
         if not ENV_NAME.match(name) or name in RESERVED_ENVIRONMENT:
             raise UsageError(
                 f"invalid function.environment name {name!r}",

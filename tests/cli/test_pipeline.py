@@ -286,3 +286,44 @@ def test_logs_follow_prints_new_entries(
     finally:
         follower.terminate()
         follower.wait(timeout=10)
+
+
+def test_redeploy_reapplies_subscription_policies(
+    pipeline: dict[str, Any], tmp_path: Path, subscriber: Any
+) -> None:
+    import shutil
+
+    from taskctl.bundle import default_source_dir
+
+    source = tmp_path / "worker"
+    shutil.copytree(
+        default_source_dir(), source, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    with (source / "main.py").open("a") as handle:
+        handle.write("\n# a change, so the source hash differs\n")
+    result = run(
+        pipeline,
+        "--json",
+        "provision",
+        "--source",
+        str(source),
+        "--memory",
+        "1Gi",
+    )
+    assert result.code == 0, result.stderr
+    plan = result.json()
+    [function] = [item for item in plan["items"] if item["kind"] == "function"]
+    assert function["action"] == "update"
+    changed_fields = {change["field"] for change in function["changes"]}
+    assert changed_fields == {"source sha256", "service_config.available_memory"}
+
+    subscription = subscriber.get_subscription(
+        request={"subscription": plan["trigger_subscription"]}
+    )
+    assert subscription.dead_letter_policy.max_delivery_attempts == 5
+    assert subscription.retry_policy.minimum_backoff.total_seconds() == 1
+
+    again = run(
+        pipeline, "--json", "provision", "--source", str(source), "--memory", "1Gi"
+    )
+    assert again.json()["changed"] is False
