@@ -173,11 +173,7 @@ def test_publish_bad_file_publishes_nothing(
         assert result.code == 2
         assert f"{path}:3: payload must be a JSON object" in result.stderr
         pulled = subscriber.pull(
-            request={
-                "subscription": probe,
-                "max_messages": 10,
-                "return_immediately": True,
-            }
+            request={"subscription": probe, "max_messages": 10}, timeout=3
         )
         assert list(pulled.received_messages) == []
     finally:
