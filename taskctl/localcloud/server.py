@@ -73,6 +73,7 @@ class LocalCloud:
             host=self.host,
             grpc_endpoint=f"{self.host}:{grpc_port}",
             storage_endpoint=self.storage.endpoint,
+            smtp_port=self.smtp.port,
         )
         for service in (
             self.pubsub,

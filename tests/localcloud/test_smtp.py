@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import email.policy
+import json
 import smtplib
 import sqlite3
 from collections.abc import Iterator
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from taskctl.localcloud.functions.instance import Instance, InstanceSpec
 from taskctl.localcloud.runtime import RUNTIME_FILE, RuntimeInfo
 from taskctl.localcloud.smtp import INDEX_FILE, MAIL_DIR, SmtpSink, list_mail
 from tests.cli.helpers import taskctl
@@ -227,3 +228,43 @@ def test_index_row_per_message(sink: SmtpSink, tmp_path: Path) -> None:
     assert count == 2
     assert len(files) == 2
     assert all(path.suffix == ".eml" for path in files)
+
+
+def instance_with(environment_variables: dict[str, str], tmp_path: Path) -> Instance:
+    spec = InstanceSpec(
+        project="taskctl-test",
+        location="us-central1",
+        function_id="mailer",
+        revision_name="mailer-00001",
+        source_dir=tmp_path,
+        entry_point="handle_task",
+        signature_type="cloudevent",
+        timeout_seconds=60,
+        concurrency=1,
+        environment_variables=environment_variables,
+    )
+    return Instance(
+        spec,
+        host="127.0.0.1",
+        grpc_endpoint="127.0.0.1:1",
+        storage_endpoint="http://127.0.0.1:2",
+        container_log=None,
+        smtp_port=2525,
+    )
+
+
+def test_instance_environment_names_sink(tmp_path: Path) -> None:
+    environment = instance_with({}, tmp_path).environment()
+
+    assert environment["SMTP_HOST"] == "127.0.0.1"
+    assert environment["SMTP_PORT"] == "2525"
+    assert environment["SMTP_TLS"] == "none"
+
+
+def test_instance_environment_keeps_own_server(tmp_path: Path) -> None:
+    own = {"SMTP_HOST": "mail.example.com", "SMTP_TLS": "starttls"}
+    environment = instance_with(own, tmp_path).environment()
+
+    assert environment["SMTP_HOST"] == "mail.example.com"
+    assert environment["SMTP_TLS"] == "starttls"
+    assert environment.get("SMTP_PORT") != "2525"

@@ -197,6 +197,7 @@ class Deployer:
         storage_endpoint: str,
         container_log: Any,
         ready_timeout: float,
+        smtp_port: int = 0,
     ) -> None:
         self._root = state_dir / "functions"
         self._store = store
@@ -206,6 +207,7 @@ class Deployer:
         self._host = host
         self._grpc_endpoint = grpc_endpoint
         self._storage_endpoint = storage_endpoint
+        self._smtp_port = smtp_port
         self._container_log = container_log
         self._ready_timeout = ready_timeout
         self._instances: dict[str, Instance] = {}
@@ -332,6 +334,7 @@ class Deployer:
             storage_endpoint=self._storage_endpoint,
             container_log=self._container_log,
             preferred_port=preferred_port,
+            smtp_port=self._smtp_port,
         )
 
     @staticmethod

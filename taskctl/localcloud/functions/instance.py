@@ -77,11 +77,13 @@ class Instance:
         storage_endpoint: str,
         container_log: Any,
         preferred_port: int = 0,
+        smtp_port: int = 0,
     ) -> None:
         self.spec = spec
         self.host = host
         self._grpc_endpoint = grpc_endpoint
         self._storage_endpoint = storage_endpoint
+        self._smtp_port = smtp_port
         self._container_log = container_log
         if preferred_port and _port_is_free(host, preferred_port):
             self.port = preferred_port
@@ -110,6 +112,15 @@ class Instance:
             }
         )
         environment.update(spec.environment_variables)
+        if self._smtp_port and "SMTP_HOST" not in spec.environment_variables:
+            # The local cloud's SMTP sink, unless the function names its own server.
+            environment.update(
+                {
+                    "SMTP_HOST": self.host,
+                    "SMTP_PORT": str(self._smtp_port),
+                    "SMTP_TLS": "none",
+                }
+            )
         environment.update(
             {
                 "GOOGLE_CLOUD_PROJECT": spec.project,

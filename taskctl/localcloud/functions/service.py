@@ -83,6 +83,7 @@ class FunctionsService:
         host: str,
         grpc_endpoint: str,
         storage_endpoint: str,
+        smtp_port: int = 0,
     ) -> None:
         self._db = Database(state_dir / "functions.sqlite3")
         self._operations = OperationStore(self._db)
@@ -100,6 +101,7 @@ class FunctionsService:
             host=host,
             grpc_endpoint=grpc_endpoint,
             storage_endpoint=storage_endpoint,
+            smtp_port=smtp_port,
             container_log=logging,
             ready_timeout=INSTANCE_READY_TIMEOUT_SECONDS,
         )
