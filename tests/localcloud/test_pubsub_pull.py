@@ -441,3 +441,46 @@ def test_subscribe_extends_leases(
 
     assert deliveries == [b"slow"]
     assert pull_now(subscriber, subscription) == []
+
+
+def test_streaming_pull_max_outstanding_bytes(
+    publisher: Any,
+    subscriber: Any,
+    raw_subscriber: Any,
+    topic: str,
+    subscription: str,
+) -> None:
+    publish(publisher, topic, b"a" * 1000, b"b" * 1000, b"c" * 1000)
+    received: list[Any] = []
+    finish = threading.Event()
+
+    def request_stream() -> Iterator[dict[str, Any]]:
+        yield {
+            "subscription": subscription,
+            "stream_ack_deadline_seconds": 60,
+            "max_outstanding_bytes": 1500,
+        }
+        finish.wait(20)
+
+    stream = raw_subscriber.streaming_pull(requests=request_stream())
+
+    def read() -> None:
+        try:
+            for response in stream:
+                received.extend(response.received_messages)
+        except exceptions.GoogleAPICallError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(1.0)
+    held = len(received)
+    subscriber.acknowledge(subscription=subscription, ack_ids=[received[0].ack_id])
+    time.sleep(1.0)
+    after_ack = len(received)
+    finish.set()
+    stream.cancel()
+    reader.join(timeout=10)
+
+    assert held == 1
+    assert after_ack == 2

@@ -72,7 +72,10 @@ class _Stream:
     state: SubscriptionState
     ack_deadline: int
     max_outstanding_messages: int
+    max_outstanding_bytes: int
+    # Ack ID -> lease end, and ack ID -> message size in bytes.
     outstanding: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
     closed: threading.Event = field(default_factory=threading.Event)
 
 
@@ -498,6 +501,7 @@ class PubSubService:
                 stream = self._lease_owners.pop(ack_id, None)
                 if stream is not None:
                     stream.outstanding.pop(ack_id, None)
+                    stream.sizes.pop(ack_id, None)
                     freed = True
         if freed:
             # A stream at max_outstanding_messages can send more now.
@@ -606,9 +610,16 @@ class PubSubService:
                 f"{validation.MIN_ACK_DEADLINE_SECONDS} and "
                 f"{validation.MAX_ACK_DEADLINE_SECONDS}"
             )
-        if first.max_outstanding_messages < 0:
-            raise invalid_argument("max_outstanding_messages must not be negative")
-        stream = _Stream(state, deadline, first.max_outstanding_messages)
+        if first.max_outstanding_messages < 0 or first.max_outstanding_bytes < 0:
+            raise invalid_argument(
+                "max_outstanding_messages and max_outstanding_bytes must not be negative"
+            )
+        stream = _Stream(
+            state,
+            deadline,
+            first.max_outstanding_messages,
+            first.max_outstanding_bytes,
+        )
         self._handle_stream_request(stream, first)
         reader = threading.Thread(
             target=self._read_stream,
@@ -678,16 +689,23 @@ class PubSubService:
                 return
             if state.name not in self.store.subscriptions:
                 raise not_found(f"subscription {state.name!r} not found")
-            free = self._free_slots(stream)
+            free, free_bytes, outstanding = self._free_slots(stream)
             leases = []
-            if free > 0:
+            if free > 0 and free_bytes > 0:
+                # A message larger than the byte limit still goes to a stream
+                # that holds nothing, so it cannot block the subscription.
                 leases = self.store.lease(
-                    state, free, stream.ack_deadline, MAX_RESPONSE_BYTES
+                    state,
+                    free,
+                    stream.ack_deadline,
+                    free_bytes,
+                    oversized_first=outstanding == 0,
                 )
             if leases:
                 with self._streams_lock:
                     for lease in leases:
                         stream.outstanding[lease.ack_id] = lease.deadline
+                        stream.sizes[lease.ack_id] = lease.received.message.ByteSize()
                         self._lease_owners[lease.ack_id] = stream
                 response = types.StreamingPullResponse.pb()()
                 response.received_messages.extend(lease.received for lease in leases)
@@ -700,22 +718,34 @@ class PubSubService:
                 )
                 yield response
                 continue
-            timeout = self._time_to_due(state) if free > 0 else 1.0
+            has_room = free > 0 and free_bytes > 0
+            timeout = self._time_to_due(state) if has_room else 1.0
             generation = self.store.wait_for_change(generation, timeout)
 
-    def _free_slots(self, stream: _Stream) -> int:
+    def _free_slots(self, stream: _Stream) -> tuple[int, int, int]:
+        """Return the messages and bytes the stream may still be sent, and held.
+
+        Expired leases no longer count, because their messages can go to
+        another subscriber.
+        """
         now = time.time()
         with self._streams_lock:
             for ack_id, lease_expires in list(stream.outstanding.items()):
                 if lease_expires <= now:
                     del stream.outstanding[ack_id]
+                    stream.sizes.pop(ack_id, None)
                     self._lease_owners.pop(ack_id, None)
             outstanding = len(stream.outstanding)
-        if stream.max_outstanding_messages == 0:
-            return MAX_MESSAGES_PER_RESPONSE
-        return min(
-            MAX_MESSAGES_PER_RESPONSE, stream.max_outstanding_messages - outstanding
-        )
+            outstanding_bytes = sum(stream.sizes.values())
+        messages = MAX_MESSAGES_PER_RESPONSE
+        if stream.max_outstanding_messages:
+            messages = min(messages, stream.max_outstanding_messages - outstanding)
+        free_bytes = MAX_RESPONSE_BYTES
+        if stream.max_outstanding_bytes:
+            free_bytes = min(
+                free_bytes, stream.max_outstanding_bytes - outstanding_bytes
+            )
+        return messages, free_bytes, outstanding
 
     # -- IAMPolicy ----------------------------------------------------------------
 

@@ -424,11 +424,14 @@ class Store:
         max_messages: int,
         deadline: int,
         max_bytes: int = 10 * 1024 * 1024,
+        *,
+        oversized_first: bool = True,
     ) -> list[Lease]:
         """Lease up to ``max_messages`` due messages for ``deadline`` seconds.
 
-        Stops before the message that would take the batch past ``max_bytes``,
-        but always leases at least one.
+        Stops before the message that would take the batch past ``max_bytes``.
+        With ``oversized_first`` the first message is leased even when it is
+        larger than that, so a big message cannot block the subscription.
         """
         now = time.time()
         leases: list[Lease] = []
@@ -443,7 +446,7 @@ class Store:
                     dead_lettered |= self._dead_letter(conn, state, row)
                     continue
                 total_bytes += len(row["body"])
-                if leases and total_bytes > max_bytes:
+                if total_bytes > max_bytes and (leases or not oversized_first):
                     break
                 leases.append(self._lease_row(conn, state, row, deadline, now, updates))
             conn.executemany(
