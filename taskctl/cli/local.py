@@ -175,6 +175,7 @@ def env(
     variables = {
         "PUBSUB_EMULATOR_HOST": info.grpc_endpoint,
         "PUBSUB_PROJECT_ID": settings.project,
+        "FIRESTORE_EMULATOR_HOST": info.grpc_endpoint,
         "STORAGE_EMULATOR_HOST": info.storage_endpoint,
         "GOOGLE_CLOUD_PROJECT": settings.project,
         "CLOUDSDK_CORE_PROJECT": settings.project,

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from taskctl.localcloud.children import free_port
+from taskctl.localcloud.firestore.service import FirestoreService
 from taskctl.localcloud.functions.service import FunctionsService
 from taskctl.localcloud.httpserver import HttpServer
 from taskctl.localcloud.logging.service import LoggingService
@@ -65,6 +66,7 @@ class LocalCloud:
         self.pubsub = PubSubService(self.state_dir)
         self.logging = LoggingService(self.state_dir)
         self.resource_manager = ResourceManagerService()
+        self.firestore = FirestoreService(self.state_dir)
         self.functions = FunctionsService(
             self.state_dir,
             pubsub=self.pubsub,
@@ -79,6 +81,7 @@ class LocalCloud:
             self.pubsub,
             self.logging,
             self.resource_manager,
+            self.firestore,
             self.functions,
         ):
             service.register(self._grpc)
@@ -89,6 +92,7 @@ class LocalCloud:
         self._grpc.start()
         self.pubsub.start()
         self.logging.start()
+        self.firestore.start()
         self.functions.start()
 
         self.info = RuntimeInfo(
@@ -126,6 +130,7 @@ class LocalCloud:
             self._grpc.stop(grace=2).wait()
         self.pubsub.stop()
         self.logging.stop()
+        self.firestore.stop()
         self.http.stop()
         self.storage.stop()
         self.smtp.stop()

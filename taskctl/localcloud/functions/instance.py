@@ -131,6 +131,7 @@ class Instance:
                 "FUNCTION_TARGET": spec.entry_point,
                 "FUNCTION_SIGNATURE_TYPE": spec.signature_type,
                 "PUBSUB_EMULATOR_HOST": self._grpc_endpoint,
+                "FIRESTORE_EMULATOR_HOST": self._grpc_endpoint,
                 "STORAGE_EMULATOR_HOST": self._storage_endpoint,
                 "PYTHONUNBUFFERED": "1",
             }
