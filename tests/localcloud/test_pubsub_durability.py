@@ -84,17 +84,26 @@ def kill_and_restart(state: dict[str, Any]) -> Clients:
     return state["clients"]
 
 
-def drain(subscriber: Any, subscription: str, timeout: float = 10.0) -> list[Any]:
-    """Pull until the subscription has been empty for half a second."""
+def drain(
+    subscriber: Any, subscription: str, expected: set[str], timeout: float = 20.0
+) -> list[Any]:
+    """Pull until every ``expected`` message ID arrived and then 1 s passed quietly.
+
+    The quiet second catches messages that should not be there.
+    """
     received: list[Any] = []
+    seen: set[str] = set()
     deadline = time.monotonic() + timeout
     quiet_since = time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.5:
+    while time.monotonic() < deadline:
+        if expected <= seen and time.monotonic() - quiet_since >= 1.0:
+            break
         response = subscriber.pull(
             subscription=subscription, max_messages=1000, return_immediately=True
         )
         if response.received_messages:
             received.extend(response.received_messages)
+            seen.update(m.message.message_id for m in response.received_messages)
             quiet_since = time.monotonic()
         else:
             time.sleep(0.05)
@@ -131,7 +140,7 @@ def test_kill_keeps_answered_publishes(restartable: dict[str, Any]) -> None:
     stop.set()
     publishing.join(timeout=20)
 
-    received = drain(clients.subscriber, SUBSCRIPTION)
+    received = drain(clients.subscriber, SUBSCRIPTION, answered)
     received_ids = {m.message.message_id for m in received}
 
     assert len(answered) > 0
@@ -154,7 +163,7 @@ def test_kill_does_not_resurrect_acked(restartable: dict[str, Any]) -> None:
     )
 
     clients = kill_and_restart(restartable)
-    received = drain(clients.subscriber, SUBSCRIPTION)
+    received = drain(clients.subscriber, SUBSCRIPTION, set(ids) - acked)
     received_ids = {m.message.message_id for m in received}
 
     assert len(acked) == 10
@@ -186,7 +195,7 @@ def test_kill_releases_leases_and_keeps_attempts(restartable: dict[str, Any]) ->
     ).received_messages
 
     clients = kill_and_restart(restartable)
-    [after] = drain(clients.subscriber, SUBSCRIPTION)
+    [after] = drain(clients.subscriber, SUBSCRIPTION, {held.message.message_id})
 
     assert held.delivery_attempt == 3
     assert after.message.message_id == held.message.message_id

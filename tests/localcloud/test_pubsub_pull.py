@@ -484,3 +484,21 @@ def test_streaming_pull_max_outstanding_bytes(
 
     assert held == 1
     assert after_ack == 2
+
+
+def test_subscribe_ends_when_deleted(
+    publisher: Any, subscriber: Any, topic: str, unique: str
+) -> None:
+    name = f"projects/{PROJECT}/subscriptions/pull-deleted-{unique}"
+    subscriber.create_subscription(name=name, topic=topic)
+    future = subscriber.subscribe(name, lambda message: message.ack())
+    time.sleep(0.5)
+
+    subscriber.delete_subscription(subscription=name)
+    subscriber.create_subscription(name=name, topic=topic)
+    try:
+        with pytest.raises(exceptions.NotFound):
+            future.result(timeout=15)
+    finally:
+        future.cancel()
+        subscriber.delete_subscription(subscription=name)

@@ -576,7 +576,7 @@ class PubSubService:
                 or self._stopping.is_set()
             ):
                 break
-            if state.name not in self.store.subscriptions:
+            if not self.store.is_current(state):
                 raise not_found(f"subscription {state.name!r} not found")
             generation = self.store.wait_for_change(
                 generation, min(left, self._time_to_due(state))
@@ -687,7 +687,7 @@ class PubSubService:
         while not stream.closed.is_set() and not self._stopping.is_set():
             if not context.is_active():
                 return
-            if state.name not in self.store.subscriptions:
+            if not self.store.is_current(state):
                 raise not_found(f"subscription {state.name!r} not found")
             free, free_bytes, outstanding = self._free_slots(stream)
             leases = []

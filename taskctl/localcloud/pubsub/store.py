@@ -235,6 +235,10 @@ class Store:
                 self.changed.wait(timeout)
             return self.generation
 
+    def is_current(self, state: SubscriptionState) -> bool:
+        """Return False once ``state``'s subscription was deleted, even if recreated."""
+        return self.subscriptions.get(state.name) is state
+
     def subscriptions_of(self, topic: str) -> list[SubscriptionState]:
         return [s for s in self.subscriptions.values() if s.proto.topic == topic]
 
@@ -439,7 +443,7 @@ class Store:
         total_bytes = 0
         updates: list[tuple[int, float, float, int, int]] = []
         with self.db.transaction() as conn:
-            if state.name not in self.subscriptions:
+            if not self.is_current(state):
                 return []
             for row in self._due_rows(conn, state, max_messages, now):
                 if state.is_last_attempt(row["attempts"]):
@@ -709,7 +713,7 @@ class Store:
         changed = False
         for state in list(self.subscriptions.values()):
             with self.db.transaction() as conn:
-                if state.name not in self.subscriptions:
+                if not self.is_current(state):
                     continue
                 if state.has_dead_letter_policy:
                     rows = conn.execute(
@@ -770,7 +774,7 @@ class Store:
         """
         now = time.time()
         with self.db.transaction() as conn:
-            if state.name not in self.subscriptions:
+            if not self.is_current(state):
                 raise not_found(f"subscription {state.name!r} not found")
             older = [
                 row["message"]
