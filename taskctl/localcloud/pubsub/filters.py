@@ -158,6 +158,8 @@ class _Parser:
         if token == ("op", "!="):
             self.position += 1
             value = self.take("string")
+            # NOTE: a message without the attribute matches; Google's filter
+            # documentation does not say how != treats a missing attribute.
             return lambda attributes: attributes.get(key) != value
         raise self.error(f"expected = or != after attributes.{key}")
 
