@@ -149,6 +149,7 @@ def test_subscription_defaults(
     assert created.message_retention_duration.total_seconds() == (
         DEFAULT_RETENTION_SECONDS
     )
+    assert created.expiration_policy.ttl.total_seconds() == 31 * 24 * 3600
     assert subscriber.get_subscription(subscription=subscription_name) == created
 
 
@@ -187,6 +188,7 @@ def test_subscription_create_twice_already_exists(
         {"push_config": {"push_endpoint": "http://192.0.2.1/push"}},
         {"push_config": {"push_endpoint": "ftp://127.0.0.1/push"}},
         {"filter": "attributes.kind = "},
+        {"expiration_policy": {"ttl": {"seconds": 3600}}},
     ],
 )
 def test_subscription_invalid_settings_rejected(
@@ -404,3 +406,14 @@ def test_modify_push_config_non_loopback_rejected(
             subscription=subscription_name,
             push_config={"push_endpoint": "https://example.com/push"},
         )
+
+
+def test_subscription_expiration_without_ttl(
+    subscriber: Any, topic: str, subscription_name: str
+) -> None:
+    created = subscriber.create_subscription(
+        request={"name": subscription_name, "topic": topic, "expiration_policy": {}}
+    )
+
+    assert "expiration_policy" in created
+    assert "ttl" not in created.expiration_policy

@@ -37,6 +37,8 @@ DEFAULT_MAXIMUM_BACKOFF_SECONDS = 600
 MIN_DELIVERY_ATTEMPTS = 5
 MAX_DELIVERY_ATTEMPTS = 100
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
+DEFAULT_EXPIRATION_TTL_SECONDS = 31 * 24 * 3600
+MIN_EXPIRATION_TTL_SECONDS = 24 * 3600
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "[::1]"})
 
@@ -182,6 +184,7 @@ def normalize_subscription(subscription: Any) -> None:
         subscription.message_retention_duration.FromSeconds(DEFAULT_RETENTION_SECONDS)
     if subscription.HasField("retry_policy"):
         normalize_retry_policy(subscription)
+    normalize_expiration_policy(subscription)
     if subscription.HasField("dead_letter_policy"):
         policy = subscription.dead_letter_policy
         if policy.max_delivery_attempts == 0:
@@ -221,4 +224,22 @@ def normalize_retry_policy(subscription: Any) -> None:
         raise invalid_argument(
             f"invalid retry_policy: minimum_backoff {minimum:g}s is greater than "
             f"maximum_backoff {maximum:g}s"
+        )
+
+
+def normalize_expiration_policy(subscription: Any) -> None:
+    """Apply Google's default TTL of 31 days and its minimum of 1 day.
+
+    An expiration policy without a TTL means the subscription never expires.
+    NOTE: the local cloud stores the policy but never deletes idle subscriptions.
+    """
+    if not subscription.HasField("expiration_policy"):
+        subscription.expiration_policy.ttl.FromSeconds(DEFAULT_EXPIRATION_TTL_SECONDS)
+        return
+    policy = subscription.expiration_policy
+    if policy.HasField("ttl") and seconds(policy.ttl) < MIN_EXPIRATION_TTL_SECONDS:
+        raise invalid_argument(
+            f"invalid expiration_policy.ttl {seconds(policy.ttl):g}s: the minimum is "
+            "1 day; set an expiration policy without a TTL for a subscription that "
+            "never expires"
         )
