@@ -21,6 +21,9 @@ INVALID_TASK_ID = "invalid_task_id"
 UNKNOWN_TASK_TYPE = "unknown_task_type"
 INVALID_PAYLOAD = "invalid_payload"
 PERMANENT_ERROR = "permanent_error"
+# The SMTP server rejected every recipient, or the message itself, with 5xx.
+RECIPIENT_REJECTED = "recipient_rejected"
+MESSAGE_REJECTED = "message_rejected"
 
 
 class TransientError(Exception):

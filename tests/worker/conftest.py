@@ -30,11 +30,13 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 
 from taskctl.localcloud.children import free_port
 from taskctl.localcloud.server import RuntimeInfo
+from taskctl.localcloud.smtp import ReceivedMail, list_mail
 from tests.conftest import PROJECT
 
 FUNCTION_SOURCE = Path(__file__).resolve().parents[2] / "function_src"
 TOPIC = f"projects/{PROJECT}/topics/tasks"
 SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/tasks-push"
+SENDER = "Task Worker <worker@taskctl.example>"
 STARTUP_TIMEOUT_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 60.0
 
@@ -301,6 +303,11 @@ def worker_environment(
         "FUNCTION_SIGNATURE_TYPE": "cloudevent",
         "PYTHONUNBUFFERED": "1",
         "DEAD_LETTER_PUBLISH_TIMEOUT": "5",
+        "SMTP_HOST": local_cloud.host,
+        "SMTP_PORT": str(local_cloud.smtp_port),
+        "SMTP_TLS": "none",
+        "SMTP_TIMEOUT_SECONDS": "5",
+        "MAIL_FROM": SENDER,
     }
     if dead_letter_topic is not None:
         environment["DEAD_LETTER_TOPIC"] = dead_letter_topic
@@ -314,6 +321,23 @@ def worker(
     process = WorkerProcess(worker_environment(local_cloud, dead_letter_topic.topic))
     yield process
     process.stop()
+
+
+@pytest.fixture
+def worker_factory(local_cloud: RuntimeInfo) -> Iterator[Any]:
+    """Start workers with their own environment: ``start(dead_letter_topic, **env)``."""
+    started: list[WorkerProcess] = []
+
+    def start(dead_letter_topic: str | None, **overrides: str) -> WorkerProcess:
+        environment = worker_environment(local_cloud, dead_letter_topic)
+        environment.update(overrides)
+        process = WorkerProcess(environment)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -332,3 +356,19 @@ def bucket(storage_client: storage.Client) -> Iterator[storage.Bucket]:
     for blob in storage_client.list_blobs(created.name):
         blob.delete()
     created.delete()
+
+
+def mail_with_message_id(
+    local_cloud: RuntimeInfo, message_id: str, *, settle_seconds: float = 0.0
+) -> list[ReceivedMail]:
+    """Return the mail in the local cloud's SMTP sink with this Message-ID.
+
+    With ``settle_seconds`` it waits that long first, so a late second copy counts.
+    """
+    if settle_seconds:
+        time.sleep(settle_seconds)
+    return [
+        mail
+        for mail in list_mail(Path(local_cloud.state_dir), limit=100_000)
+        if mail.message_id == message_id
+    ]

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from taskctl.localcloud.children import free_port
-from taskctl.localcloud.server import RuntimeInfo
 from tests.conftest import PROJECT
 from tests.worker.conftest import (
-    WorkerProcess,
     encode_task,
     push_body,
-    worker_environment,
 )
 
-UNKNOWN_TASK = {"task_type": "send_email", "payload": {}}
-
-
-@pytest.fixture
-def worker_factory(local_cloud: RuntimeInfo) -> Iterator[object]:
-    started: list[WorkerProcess] = []
-
-    def start(dead_letter_topic: str | None, **overrides: str) -> WorkerProcess:
-        environment = worker_environment(local_cloud, dead_letter_topic)
-        environment.update(overrides)
-        process = WorkerProcess(environment)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+UNKNOWN_TASK = {"task_type": "no_such_task", "payload": {}}
 
 
 def test_missing_topic_returns_500(worker_factory, unique: str) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from tests.worker.conftest import (
     push_body,
 )
 
-VALID_TASK = {"task_type": "send_email", "payload": {"to": "a@example.com"}}
+VALID_TASK = {"task_type": "no_such_task", "payload": {"to": "a@example.com"}}
 
 
 def _b64(raw: bytes) -> str:
@@ -42,7 +42,7 @@ PERMANENT_CASES = [
         "unknown_task_type",
     ),
     ("stray_characters", "eyJ0YXNrX3R5cGUi!!OiJzZW5kX2VtYWlsIn0=", "invalid_base64"),
-    ("send_email_unknown", encode_task(VALID_TASK), "unknown_task_type"),
+    ("unregistered_task_type", encode_task(VALID_TASK), "unknown_task_type"),
     ("json_array", encode_task([1, 2]), "not_an_object"),
     ("json_string", encode_task("process_image"), "not_an_object"),
     ("nan_constant", _b64(b'{"task_type": "process_image", "x": NaN}'), "invalid_json"),

@@ -16,7 +16,7 @@ from tests.worker.conftest import (
     push_body,
 )
 
-UNKNOWN_TASK = {"task_type": "send_email", "payload": {}}
+UNKNOWN_TASK = {"task_type": "no_such_task", "payload": {}}
 
 
 def _post_raw_push(worker: WorkerProcess, body: dict[str, object]) -> requests.Response:

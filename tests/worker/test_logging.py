@@ -31,7 +31,7 @@ def test_every_stdout_line_is_json(worker: WorkerProcess, unique: str) -> None:
 
 def test_log_lines_have_required_fields(worker: WorkerProcess, unique: str) -> None:
     message_id = f"log-fields-{unique}"
-    task = {"task_type": "send_email", "payload": {}, "task_id": f"t-{unique}"}
+    task = {"task_type": "no_such_task", "payload": {}, "task_id": f"t-{unique}"}
     body = push_body(encode_task(task), message_id, delivery_attempt=4)
 
     response = worker.post_event(body, message_id)
@@ -50,13 +50,13 @@ def test_log_lines_have_required_fields(worker: WorkerProcess, unique: str) -> N
     assert final["outcome"] == "permanent_failure"
     assert final["severity"] == "ERROR"
     assert final["task_id"] == f"t-{unique}"
-    assert final["task_type"] == "send_email"
+    assert final["task_type"] == "no_such_task"
     assert final["failure_reason"] == "unknown_task_type"
     assert isinstance(final["duration_ms"], int)
     assert final["duration_ms"] >= 0
     assert final["logging.googleapis.com/labels"] == {
         "task_id": f"t-{unique}",
-        "task_type": "send_email",
+        "task_type": "no_such_task",
         "message_id": message_id,
     }
     assert all("outcome" not in line for line in lines[:-1])
