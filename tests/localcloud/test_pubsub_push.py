@@ -509,3 +509,34 @@ def test_push_ordering_one_per_key(
 
     assert data == [b"0", b"0", b"1", b"2", b"3", b"4", b"5"]
     assert endpoint.max_in_flight == 1
+
+
+def test_push_bad_header_attribute_nacked(
+    publisher: Any,
+    subscriber: Any,
+    topic: str,
+    endpoint: PushEndpoint,
+    make_subscription: Callable[..., str],
+) -> None:
+    # An attribute key with a colon cannot be an HTTP header name.
+    subscription = make_subscription(
+        push_config={
+            "push_endpoint": endpoint.url,
+            "no_wrapper": {"write_metadata": True},
+        },
+        retry_policy={
+            "minimum_backoff": {"seconds": 0},
+            "maximum_backoff": {"seconds": 0},
+        },
+    )
+    publisher.publish(topic, b"x", **{"bad:key": "v"}).result(timeout=30)
+    time.sleep(0.5)
+
+    subscriber.modify_push_config(subscription=subscription, push_config={})
+    time.sleep(0.3)
+    pulled = subscriber.pull(
+        subscription=subscription, max_messages=1, return_immediately=True
+    )
+
+    assert endpoint.requests == []
+    assert [m.message.data for m in pulled.received_messages] == [b"x"]

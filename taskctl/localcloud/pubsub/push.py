@@ -169,7 +169,13 @@ class PushDispatcher:
             status = self._post(state, lease)
             outcome = f"status {status}"
             acked = status in ACK_STATUSES
-        except (OSError, http.client.HTTPException) as error:
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            # ValueError: http.client rejects a header built from an attribute
+            # that is not a valid HTTP header name or value.
+            outcome = f"error {error!r}"
+            acked = False
+        except Exception as error:
+            log.exception("push of message %s to %s failed", message_id, state.name)
             outcome = f"error {error!r}"
             acked = False
         try:
