@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
@@ -514,3 +515,96 @@ def test_begin_read_only_options(api: FirestoreClient) -> None:
         }
     )
     assert len(response.transaction) > 0
+
+
+def test_list_documents_sibling_ids(collection: firestore.CollectionReference) -> None:
+    # "a-b" sorts between "a" and "a/..." by string, but is a sibling of "a".
+    collection.document("a").set({})
+    collection.document("a").collection("sub").document("x").set({})
+    collection.document("a-b").set({})
+    collection.document("b").collection("sub").document("y").set({})
+
+    listed = [reference.id for reference in collection.list_documents(page_size=1)]
+
+    assert listed == ["a", "a-b", "b"]
+
+
+def test_timestamps_rounded_to_microseconds(
+    api: FirestoreClient, collection: firestore.CollectionReference
+) -> None:
+    name = f"{DATABASE}/documents/{collection.id}/a"
+    write = {
+        "update": {
+            "name": name,
+            "fields": {
+                "at": {"timestamp_value": {"seconds": 10, "nanos": 123_456_789}}
+            },
+        }
+    }
+    api.commit(request={"database": DATABASE, "writes": [write]})
+
+    stored = api.get_document(request={"name": name})
+
+    assert stored.fields["at"].timestamp_value.nanosecond == 123_456_000
+
+
+def test_create_document_id_with_slash(
+    api: FirestoreClient, collection: firestore.CollectionReference
+) -> None:
+    with pytest.raises(exceptions.InvalidArgument, match='must not contain "/"'):
+        api.create_document(
+            request={
+                "parent": f"{DATABASE}/documents",
+                "collection_id": collection.id,
+                "document_id": "x/sub/y",
+                "document": {},
+            }
+        )
+
+
+def test_add_generates_id(collection: firestore.CollectionReference) -> None:
+    _, reference = collection.add({"n": 1})
+    assert reference.get().to_dict() == {"n": 1}
+
+
+def test_recursive_delete_removes_tree(
+    client: firestore.Client, collection: firestore.CollectionReference
+) -> None:
+    collection.document("a").set({"n": 1})
+    collection.document("a").collection("sub").document("x").set({"n": 2})
+    collection.document("b").collection("sub").document("y").set({"n": 3})
+
+    deleted = client.recursive_delete(collection)
+
+    assert deleted == 3
+    assert list(collection.list_documents()) == []
+
+
+def test_bulk_writer_reports_failures(
+    client: firestore.Client, collection: firestore.CollectionReference
+) -> None:
+    collection.document("exists").set({"n": 1})
+    failures: list[tuple[str, int]] = []
+
+    def on_error(failure, writer) -> bool:  # type: ignore[no-untyped-def]
+        failures.append((failure.operation.reference.id, failure.code))
+        return False
+
+    writer = client.bulk_writer()
+    writer.on_write_error(on_error)
+    writer.create(collection.document("exists"), {"n": 2})
+    writer.create(collection.document("new"), {"n": 3})
+    writer.close()
+
+    assert failures == [("exists", grpc.StatusCode.ALREADY_EXISTS.value[0])]
+    assert collection.document("exists").get().get("n") == 1
+    assert collection.document("new").get().get("n") == 3
+
+
+def test_batch_write_one_per_document(
+    api: FirestoreClient, collection: firestore.CollectionReference
+) -> None:
+    name = f"{DATABASE}/documents/{collection.id}/a"
+    writes = [{"update": {"name": name}}, {"delete": name}]
+    with pytest.raises(exceptions.InvalidArgument, match="one write per document"):
+        api.batch_write(request={"database": DATABASE, "writes": writes})

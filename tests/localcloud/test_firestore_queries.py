@@ -65,6 +65,8 @@ def ids(query: firestore.Query) -> list[str]:
         ("tags", "array_contains_any", ["c", "b"], ["t1", "t2", "t4", "t6"]),
         ("status", "in", ["open", "failed"], ["t2", "t3", "t4", "t6"]),
         ("n", "in", [1.0, "5"], ["t1", "t5"]),
+        ("tags", "in", [["b"], ["c", "a"]], ["t2"]),
+        ("tags", "==", ["a", "b"], ["t1"]),
         ("status", "not-in", ["open", "failed"], ["t1", "t5"]),
         ("score", "not-in", [0.5, None], []),
         ("score", "==", None, ["t2"]),

@@ -76,6 +76,8 @@ def parse_database(name: str) -> str:
 def _check_id(kind: str, identifier: str, name: str) -> None:
     if not identifier:
         raise invalid_argument(f'{kind} name "{name}" has an empty segment')
+    if "/" in identifier:
+        raise invalid_argument(f'{kind} ID "{identifier}" must not contain "/"')
     if identifier in (".", ".."):
         raise invalid_argument(f'{kind} ID "{identifier}" in "{name}" is not allowed')
     if RESERVED_ID.match(identifier):
@@ -146,6 +148,10 @@ def parse_parent(name: str, database: str | None = None) -> tuple[str, str]:
 
 def check_collection_id(collection_id: str, context: str) -> None:
     _check_id("collection", collection_id, context)
+
+
+def check_document_id(document_id: str, context: str) -> None:
+    _check_id("document", document_id, context)
 
 
 def parse_field_path(text: str) -> FieldPath:

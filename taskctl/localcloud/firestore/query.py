@@ -250,19 +250,22 @@ def _compile_field_filter(
     field_filter: Any, database: str, inequality_fields: list[FieldPath], where: str
 ) -> Predicate:
     path = parse_field_path(field_filter.field.field_path)
-    operator = field_filter.op
     operand = field_filter.value
-    if (
-        operator == FieldOperator.OPERATOR_UNSPECIFIED
-        or operator not in FieldOperator._value2member_map_
-    ):
+    try:
+        operator = FieldOperator(field_filter.op)
+    except ValueError:
+        raise invalid_argument(
+            f"{where}: unknown field filter operator {field_filter.op}"
+        ) from None
+    if operator == FieldOperator.OPERATOR_UNSPECIFIED:
         raise invalid_argument(f"{where}: a field filter needs an operator")
-    operator = FieldOperator(operator)
-    wrapper = values.MapValue()
-    wrapper.fields["value"].CopyFrom(operand)
-    values.validate_fields(wrapper.fields, database, where)
     if operator in LIST_OPERATORS:
         _check_list_operand(operator, operand, where)
+        # The operand lists candidates, and a candidate may itself be an array.
+        for candidate in operand.array_value.values:
+            values.validate_value(candidate, database, where)
+    else:
+        values.validate_value(operand, database, where)
     if path == (NAME_FIELD,):
         _check_name_operand(operator, operand, where)
     if operator in INEQUALITY_OPERATORS:

@@ -31,7 +31,9 @@ from taskctl.localcloud.errors import ServiceError, invalid_argument, not_found
 from taskctl.localcloud.firestore import values
 from taskctl.localcloud.firestore.aggregation import run_aggregations
 from taskctl.localcloud.firestore.paths import (
+    FieldPath,
     check_collection_id,
+    check_document_id,
     parse_database,
     parse_document_name,
     parse_field_path,
@@ -39,7 +41,6 @@ from taskctl.localcloud.firestore.paths import (
 )
 from taskctl.localcloud.firestore.query import compile_query
 from taskctl.localcloud.firestore.store import (
-    DocumentPb,
     DocumentStore,
     StoredDocument,
     timestamp,
@@ -60,10 +61,32 @@ from taskctl.localcloud.rpc import Method, add_service
 
 log = logging.getLogger("taskctl.localcloud.firestore")
 
-F = firestore_types
+BatchGetDocumentsRequest = firestore_types.BatchGetDocumentsRequest.pb()
+BatchGetDocumentsResponse = firestore_types.BatchGetDocumentsResponse.pb()
+BatchWriteRequest = firestore_types.BatchWriteRequest.pb()
+BatchWriteResponse = firestore_types.BatchWriteResponse.pb()
+BeginTransactionRequest = firestore_types.BeginTransactionRequest.pb()
+BeginTransactionResponse = firestore_types.BeginTransactionResponse.pb()
+CommitRequest = firestore_types.CommitRequest.pb()
+CommitResponse = firestore_types.CommitResponse.pb()
+CreateDocumentRequest = firestore_types.CreateDocumentRequest.pb()
+DeleteDocumentRequest = firestore_types.DeleteDocumentRequest.pb()
+GetDocumentRequest = firestore_types.GetDocumentRequest.pb()
+ListCollectionIdsRequest = firestore_types.ListCollectionIdsRequest.pb()
+ListCollectionIdsResponse = firestore_types.ListCollectionIdsResponse.pb()
+ListDocumentsRequest = firestore_types.ListDocumentsRequest.pb()
+ListDocumentsResponse = firestore_types.ListDocumentsResponse.pb()
+RollbackRequest = firestore_types.RollbackRequest.pb()
+RunAggregationQueryRequest = firestore_types.RunAggregationQueryRequest.pb()
+RunAggregationQueryResponse = firestore_types.RunAggregationQueryResponse.pb()
+RunQueryRequest = firestore_types.RunQueryRequest.pb()
+RunQueryResponse = firestore_types.RunQueryResponse.pb()
+UpdateDocumentRequest = firestore_types.UpdateDocumentRequest.pb()
+Document = document_types.Document.pb()
+Empty = empty_pb2.Empty
 Write = write_types.Write.pb()
+WriteResult = write_types.WriteResult.pb()
 Precondition = common_types.Precondition.pb()
-TransactionOptions = common_types.TransactionOptions.pb()
 
 # ListDocuments and ListCollectionIds document neither a default nor a maximum
 # page size; these are the local cloud's own choices.
@@ -71,16 +94,33 @@ DEFAULT_PAGE_SIZE = 300
 MAX_PAGE_SIZE = 1000
 AUTO_ID_ALPHABET = string.ascii_letters + string.digits
 AUTO_ID_LENGTH = 20
+# Firestore's maximum API request size, from its "Usage and limits" page.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
 Mask = Callable[[Any], Any] | None
+
+
+def _projection(paths: list[FieldPath]) -> Callable[[Any], Any]:
+    def project(fields: Any) -> Any:
+        return values.project_fields(fields.fields, paths)
+
+    return project
 
 
 def _mask(request: Any) -> Mask:
     """Return a projection for the request's ``mask``, or None to keep every field."""
     if not request.HasField("mask"):
         return None
-    paths = [parse_field_path(path) for path in request.mask.field_paths]
-    return lambda fields: values.project_fields(fields.fields, paths)
+    return _projection([parse_field_path(path) for path in request.mask.field_paths])
+
+
+def _check_request_size(request: Any) -> None:
+    size = request.ByteSize()
+    if size > MAX_REQUEST_BYTES:
+        raise invalid_argument(
+            f"the request is {size:,} bytes, more than the maximum of "
+            f"{MAX_REQUEST_BYTES:,}; split the writes into several commits"
+        )
 
 
 def _encode_token(last: str) -> str:
@@ -110,59 +150,51 @@ class FirestoreService:
         self.transactions = TransactionRegistry()
 
     def register(self, server: grpc.Server) -> None:
-        def unary(handler: Callable[..., Any], request: Any, response: Any) -> Method:
-            return Method(handler, request.pb(), response.pb())
-
         def stream(handler: Callable[..., Any], request: Any, response: Any) -> Method:
-            return Method(handler, request.pb(), response.pb(), kind="unary_stream")
+            return Method(handler, request, response, kind="unary_stream")
 
-        document = document_types.Document
         add_service(
             server,
             "google.firestore.v1.Firestore",
             {
-                "GetDocument": unary(self.get_document, F.GetDocumentRequest, document),
-                "ListDocuments": unary(
-                    self.list_documents, F.ListDocumentsRequest, F.ListDocumentsResponse
+                "GetDocument": Method(self.get_document, GetDocumentRequest, Document),
+                "ListDocuments": Method(
+                    self.list_documents, ListDocumentsRequest, ListDocumentsResponse
                 ),
-                "CreateDocument": unary(
-                    self.create_document, F.CreateDocumentRequest, document
+                "CreateDocument": Method(
+                    self.create_document, CreateDocumentRequest, Document
                 ),
-                "UpdateDocument": unary(
-                    self.update_document, F.UpdateDocumentRequest, document
+                "UpdateDocument": Method(
+                    self.update_document, UpdateDocumentRequest, Document
                 ),
                 "DeleteDocument": Method(
-                    self.delete_document, F.DeleteDocumentRequest.pb(), empty_pb2.Empty
+                    self.delete_document, DeleteDocumentRequest, Empty
                 ),
                 "BatchGetDocuments": stream(
                     self.batch_get_documents,
-                    F.BatchGetDocumentsRequest,
-                    F.BatchGetDocumentsResponse,
+                    BatchGetDocumentsRequest,
+                    BatchGetDocumentsResponse,
                 ),
-                "BeginTransaction": unary(
+                "BeginTransaction": Method(
                     self.begin_transaction,
-                    F.BeginTransactionRequest,
-                    F.BeginTransactionResponse,
+                    BeginTransactionRequest,
+                    BeginTransactionResponse,
                 ),
-                "Commit": unary(self.commit, F.CommitRequest, F.CommitResponse),
-                "Rollback": Method(
-                    self.rollback, F.RollbackRequest.pb(), empty_pb2.Empty
-                ),
-                "RunQuery": stream(
-                    self.run_query, F.RunQueryRequest, F.RunQueryResponse
-                ),
+                "Commit": Method(self.commit, CommitRequest, CommitResponse),
+                "Rollback": Method(self.rollback, RollbackRequest, Empty),
+                "RunQuery": stream(self.run_query, RunQueryRequest, RunQueryResponse),
                 "RunAggregationQuery": stream(
                     self.run_aggregation_query,
-                    F.RunAggregationQueryRequest,
-                    F.RunAggregationQueryResponse,
+                    RunAggregationQueryRequest,
+                    RunAggregationQueryResponse,
                 ),
-                "BatchWrite": unary(
-                    self.batch_write, F.BatchWriteRequest, F.BatchWriteResponse
+                "BatchWrite": Method(
+                    self.batch_write, BatchWriteRequest, BatchWriteResponse
                 ),
-                "ListCollectionIds": unary(
+                "ListCollectionIds": Method(
                     self.list_collection_ids,
-                    F.ListCollectionIdsRequest,
-                    F.ListCollectionIdsResponse,
+                    ListCollectionIdsRequest,
+                    ListCollectionIdsResponse,
                 ),
             },
         )
@@ -191,9 +223,9 @@ class FirestoreService:
         return None, b""
 
     def get_document(self, request: Any, context: grpc.ServicerContext) -> Any:
-        name = parse_document_name(request.name).name
-        database = name.split("/documents/", 1)[0]
-        transaction, _ = self._read_transaction(request, database)
+        parsed = parse_document_name(request.name)
+        name = parsed.name
+        transaction, _ = self._read_transaction(request, parsed.database)
         document = self.store.get(None, name)
         self.transactions.record_reads(
             transaction, [name], {name: document} if document else {}
@@ -214,11 +246,11 @@ class FirestoreService:
         read_time = timestamp(self.store.read_time())
 
         if not names and new_identifier:
-            yield F.BatchGetDocumentsResponse.pb()(
+            yield BatchGetDocumentsResponse(
                 transaction=new_identifier, read_time=read_time
             )
         for index, name in enumerate(names):
-            response = F.BatchGetDocumentsResponse.pb()(read_time=read_time)
+            response = BatchGetDocumentsResponse(read_time=read_time)
             if index == 0 and new_identifier:
                 response.transaction = new_identifier
             document = found.get(name)
@@ -245,19 +277,16 @@ class FirestoreService:
         read_time = timestamp(self.store.read_time())
         mask = None
         if compiled.projection is not None:
-            paths = compiled.projection
-            mask = lambda fields: values.project_fields(fields.fields, paths)  # noqa: E731
+            mask = _projection(compiled.projection)
 
-        first = F.RunQueryResponse.pb()(read_time=read_time, skipped_results=skipped)
+        first = RunQueryResponse(read_time=read_time, skipped_results=skipped)
         if new_identifier:
             first.transaction = new_identifier
         if not documents:
             yield first
             return
         for index, document in enumerate(documents):
-            response = (
-                first if index == 0 else F.RunQueryResponse.pb()(read_time=read_time)
-            )
+            response = first if index == 0 else RunQueryResponse(read_time=read_time)
             response.document.CopyFrom(document.to_pb(mask))
             yield response
 
@@ -290,7 +319,7 @@ class FirestoreService:
             [document.name for document in documents],
             {document.name: document for document in documents},
         )
-        response = F.RunAggregationQueryResponse.pb()(
+        response = RunAggregationQueryResponse(
             read_time=timestamp(self.store.read_time())
         )
         if new_identifier:
@@ -320,7 +349,7 @@ class FirestoreService:
         if request.show_missing:
             page = self._names_with_missing(parent, collection_id, after, page_size + 1)
             found = self.store.get_many(page)
-            documents = [found.get(name) or DocumentPb(name=name) for name in page]
+            documents = [found.get(name) or Document(name=name) for name in page]
         else:
             stored = self.store.collection(parent, collection_id, after, page_size + 1)
             page = [document.name for document in stored]
@@ -333,7 +362,7 @@ class FirestoreService:
             transaction, [name for name in page if name in found], found
         )
 
-        response = F.ListDocumentsResponse.pb()()
+        response = ListDocumentsResponse()
         for document in documents:
             if isinstance(document, StoredDocument):
                 response.documents.append(document.to_pb(mask))
@@ -352,14 +381,12 @@ class FirestoreService:
         """
         prefix = parent if collection_id is None else f"{parent}/{collection_id}"
         depth = prefix.count("/") + (3 if collection_id is None else 2)
-        names: list[str] = []
-        for name in self.store.names_under(prefix):
-            child = "/".join(name.split("/")[:depth])
-            if child > after and (not names or names[-1] != child):
-                names.append(child)
-                if len(names) >= limit:
-                    break
-        return names
+        # A set, because a document and the documents below it are not adjacent
+        # in name order when an ID contains a character that sorts before "/".
+        children = {
+            "/".join(name.split("/")[:depth]) for name in self.store.names_under(prefix)
+        }
+        return sorted(child for child in children if child > after)[:limit]
 
     def list_collection_ids(self, request: Any, context: grpc.ServicerContext) -> Any:
         _, parent = parse_parent(request.parent)
@@ -370,9 +397,7 @@ class FirestoreService:
             {name.split("/")[depth] for name in self.store.names_under(parent)}
         )
         identifiers = [identifier for identifier in identifiers if identifier > after]
-        response = F.ListCollectionIdsResponse.pb()(
-            collection_ids=identifiers[:page_size]
-        )
+        response = ListCollectionIdsResponse(collection_ids=identifiers[:page_size])
         if len(identifiers) > page_size:
             response.next_page_token = _encode_token(identifiers[page_size - 1])
         return response
@@ -387,19 +412,20 @@ class FirestoreService:
     def begin_transaction(self, request: Any, context: grpc.ServicerContext) -> Any:
         database = parse_database(request.database)
         transaction = self._begin(database, request.options)
-        return F.BeginTransactionResponse.pb()(transaction=transaction.identifier)
+        return BeginTransactionResponse(transaction=transaction.identifier)
 
     def rollback(self, request: Any, context: grpc.ServicerContext) -> Any:
         database = parse_database(request.database)
         if not request.transaction:
             raise invalid_argument("Rollback needs a transaction")
         self.transactions.rollback(request.transaction, database)
-        return empty_pb2.Empty()
+        return Empty()
 
     # Writes.
 
     def commit(self, request: Any, context: grpc.ServicerContext) -> Any:
         database = parse_database(request.database)
+        _check_request_size(request)
         parsed = [
             parse_write(write, database, index)
             for index, write in enumerate(request.writes)
@@ -416,9 +442,7 @@ class FirestoreService:
         finally:
             if transaction is not None:
                 self.transactions.end(transaction.identifier)
-        return F.CommitResponse.pb()(
-            write_results=results, commit_time=timestamp(commit_time)
-        )
+        return CommitResponse(write_results=results, commit_time=timestamp(commit_time))
 
     def _apply_writes(
         self, parsed: list[ParsedWrite], transaction: Transaction | None
@@ -468,13 +492,28 @@ class FirestoreService:
     def batch_write(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Apply each write on its own; one failing does not stop the others."""
         database = parse_database(request.database)
-        response = F.BatchWriteResponse.pb()()
-        for index, write in enumerate(request.writes):
+        _check_request_size(request)
+        parsed_writes = [
+            parse_write(write, database, index)
+            for index, write in enumerate(request.writes)
+        ]
+        names = [parsed.document.name for parsed in parsed_writes]
+        if len(set(names)) != len(names):
+            raise invalid_argument(
+                "BatchWrite allows at most one write per document; use Commit to "
+                "write a document more than once"
+            )
+        response = BatchWriteResponse()
+        for parsed in parsed_writes:
             try:
-                parsed = parse_write(write, database, index)
                 results, _, _ = self._apply_writes([parsed], None)
             except ServiceError as error:
-                response.write_results.append(write_types.WriteResult.pb()())
+                log.info(
+                    "batch write to document=%s failed: %s",
+                    parsed.document.name,
+                    error.message,
+                )
+                response.write_results.append(WriteResult())
                 response.status.append(
                     status_pb2.Status(code=error.code.value[0], message=error.message)
                 )
@@ -494,9 +533,10 @@ class FirestoreService:
         document_id = request.document_id or "".join(
             secrets.choice(AUTO_ID_ALPHABET) for _ in range(AUTO_ID_LENGTH)
         )
+        check_document_id(document_id, request.parent)
         name = f"{parent}/{request.collection_id}/{document_id}"
         write = Write(
-            update=DocumentPb(name=name, fields=request.document.fields),
+            update=Document(name=name, fields=request.document.fields),
             current_document=Precondition(exists=False),
         )
         created = self._commit_one(write, database)
@@ -504,8 +544,7 @@ class FirestoreService:
         return created.to_pb(_mask(request))
 
     def update_document(self, request: Any, context: grpc.ServicerContext) -> Any:
-        name = parse_document_name(request.document.name).name
-        database = name.split("/documents/", 1)[0]
+        database = parse_document_name(request.document.name).database
         write = Write(update=request.document)
         if request.HasField("update_mask"):
             write.update_mask.CopyFrom(request.update_mask)
@@ -516,10 +555,9 @@ class FirestoreService:
         return updated.to_pb(_mask(request))
 
     def delete_document(self, request: Any, context: grpc.ServicerContext) -> Any:
-        name = parse_document_name(request.name).name
-        database = name.split("/documents/", 1)[0]
-        write = Write(delete=name)
+        parsed = parse_document_name(request.name)
+        write = Write(delete=parsed.name)
         if request.HasField("current_document"):
             write.current_document.CopyFrom(request.current_document)
-        self._commit_one(write, database)
-        return empty_pb2.Empty()
+        self._commit_one(write, parsed.database)
+        return Empty()

@@ -162,8 +162,17 @@ def reference(name: str) -> Any:
 
 
 def validate_fields(fields: Any, database: str, where: str) -> None:
-    """Raise INVALID_ARGUMENT for a value or field name Firestore would not store."""
+    """Raise INVALID_ARGUMENT for a value or field name Firestore would not store.
+
+    Timestamps are rounded down to whole microseconds in place, the precision
+    Firestore stores.
+    """
     _validate_map(fields, database, where, (), depth=0)
+
+
+def validate_value(value: Any, database: str, where: str) -> None:
+    """Check one value the way :func:`validate_fields` checks a field's value."""
+    _validate_value(value, database, where, (), depth=0)
 
 
 def _validate_map(
@@ -217,6 +226,7 @@ def _validate_value(
                 f"{where}: field {field} has a timestamp outside "
                 "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z"
             )
+        stamp.nanos -= stamp.nanos % 1000
     elif value_kind == "geo_point_value":
         point = value.geo_point_value
         if not (-90 <= point.latitude <= 90 and -180 <= point.longitude <= 180):

@@ -113,10 +113,13 @@ def _check_transform(transform: Any, database: str, where: str) -> Any:
                 f"{where}: {transform_kind} needs an integer or double operand"
             )
     else:
-        wrapper = values.MapValue()
-        for position, element in enumerate(operand.values):
-            wrapper.fields[f"e{position}"].CopyFrom(element)
-        values.validate_fields(wrapper.fields, database, where)
+        for element in operand.values:
+            if values.kind(element) == "array_value":
+                raise invalid_argument(
+                    f"{where}: {transform_kind} cannot contain an array, because "
+                    "Firestore does not store arrays directly inside arrays"
+                )
+            values.validate_value(element, database, where)
     return transform
 
 
