@@ -199,3 +199,13 @@ def test_publish_client_batches_delivered(
 
     assert len(set(ids)) == 300
     assert sorted(int(m.message.data) for m in received) == list(range(300))
+
+
+def test_publish_mixed_ordering_keys_rejected(raw_publisher: Any, topic: str) -> None:
+    messages = [
+        {"data": b"a", "ordering_key": "k1"},
+        {"data": b"b", "ordering_key": "k2"},
+    ]
+
+    with pytest.raises(exceptions.InvalidArgument, match="ordering_key"):
+        publish_raw(raw_publisher, topic, messages)

@@ -351,6 +351,12 @@ class PubSubService:
             )
         for index, message in enumerate(request.messages):
             validation.check_message(message, index)
+        ordering_keys = {message.ordering_key for message in request.messages}
+        if len(ordering_keys) > 1:
+            raise invalid_argument(
+                "the messages of one publish request must share one ordering_key; "
+                f"found {len(ordering_keys)} different keys"
+            )
         message_ids = self.store.publish(request.topic, list(request.messages))
         return types.PublishResponse.pb()(message_ids=message_ids)
 
