@@ -608,3 +608,46 @@ def test_batch_write_one_per_document(
     writes = [{"update": {"name": name}}, {"delete": name}]
     with pytest.raises(exceptions.InvalidArgument, match="one write per document"):
         api.batch_write(request={"database": DATABASE, "writes": writes})
+
+
+def test_too_many_transforms_rejected(
+    collection: firestore.CollectionReference,
+) -> None:
+    data = {f"f{index}": firestore.Increment(1) for index in range(501)}
+    with pytest.raises(exceptions.InvalidArgument, match="maximum of 500"):
+        collection.document("a").set(data)
+
+
+def test_deep_nesting_rejected(collection: firestore.CollectionReference) -> None:
+    allowed: dict[str, object] = {"leaf": 1}
+    for _ in range(19):
+        allowed = {"m": allowed}
+    collection.document("ok").set({"top": allowed})
+
+    too_deep: object = {"leaf": 1}
+    for _ in range(10):
+        too_deep = [{"m": too_deep}]
+    with pytest.raises(exceptions.InvalidArgument, match="levels deep"):
+        collection.document("deep").set({"top": too_deep})
+
+
+def test_long_field_name_rejected(collection: firestore.CollectionReference) -> None:
+    with pytest.raises(exceptions.InvalidArgument, match="longer than 1500 bytes"):
+        collection.document("a").set({"x" * 1501: 1})
+
+
+def test_oversized_request_rejected(
+    api: FirestoreClient, collection: firestore.CollectionReference
+) -> None:
+    writes = [
+        {
+            "update": {
+                "name": f"{DATABASE}/documents/{collection.id}/d{index}",
+                "fields": {"blob": {"bytes_value": b"x" * 1_000_000}},
+            }
+        }
+        for index in range(11)
+    ]
+    with pytest.raises(exceptions.InvalidArgument, match="maximum of 10,485,760"):
+        api.commit(request={"database": DATABASE, "writes": writes})
+    assert list(collection.list_documents()) == []

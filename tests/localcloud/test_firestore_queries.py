@@ -12,6 +12,10 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 from google.cloud.firestore_v1 import And, FieldFilter, Or
 from google.cloud.firestore_v1.field_path import FieldPath
+from google.cloud.firestore_v1.services.firestore import FirestoreClient
+from google.cloud.firestore_v1.services.firestore.transports import (
+    FirestoreGrpcTransport,
+)
 
 from taskctl.localcloud.runtime import RuntimeInfo
 from tests.conftest import PROJECT
@@ -287,3 +291,107 @@ def test_query_in_transaction(
 
     assert close_all(client.transaction()) == 3
     assert ids(open_tasks) == []
+
+
+@pytest.fixture
+def api(channel) -> FirestoreClient:  # type: ignore[no-untyped-def]
+    return FirestoreClient(transport=FirestoreGrpcTransport(channel=channel))
+
+
+def run_raw(api: FirestoreClient, query: dict[str, object]) -> list[object]:
+    request = {
+        "parent": f"projects/{PROJECT}/databases/(default)/documents",
+        "structured_query": query,
+    }
+    return list(api.run_query(request=request))
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"from_": []}, "exactly one collection"),
+        ({"from_": [{"collection_id": "__bad__"}]}, "reserved"),
+        (
+            {
+                "from_": [{"collection_id": "c"}],
+                "where": {"field_filter": {"field": {"field_path": "a"}, "value": {}}},
+            },
+            "needs an operator",
+        ),
+        (
+            {
+                "from_": [{"collection_id": "c"}],
+                "where": {
+                    "field_filter": {
+                        "field": {"field_path": "__name__"},
+                        "op": "EQUAL",
+                        "value": {"string_value": "x"},
+                    }
+                },
+            },
+            "reference values",
+        ),
+        (
+            {
+                "from_": [{"collection_id": "c"}],
+                "where": {
+                    "field_filter": {
+                        "field": {"field_path": "a"},
+                        "op": "IN",
+                        "value": {"array_value": {}},
+                    }
+                },
+            },
+            "non-empty array",
+        ),
+        (
+            {
+                "from_": [{"collection_id": "c"}],
+                "where": {"composite_filter": {"op": "AND"}},
+            },
+            "at least one filter",
+        ),
+        (
+            {
+                "from_": [{"collection_id": "c"}],
+                "start_at": {"values": [{"integer_value": 1}, {"integer_value": 2}]},
+            },
+            "orders by only 1",
+        ),
+        ({"from_": [{"collection_id": "c"}], "offset": -1}, "must not be negative"),
+        (
+            {
+                "from_": [{"collection_id": "c"}],
+                "order_by": [{"field": {"field_path": "a."}}],
+            },
+            "invalid field path",
+        ),
+    ],
+)
+def test_invalid_queries_rejected(
+    api: FirestoreClient, query: dict[str, object], message: str
+) -> None:
+    with pytest.raises(exceptions.InvalidArgument, match=message):
+        run_raw(api, query)
+
+
+def test_kindless_query_under_document(
+    api: FirestoreClient, client: firestore.Client, unique: str
+) -> None:
+    parent = client.collection(f"root-{unique}").document("p")
+    parent.collection("a").document("1").set({})
+    parent.collection("b").document("2").set({})
+    parent.collection("b").document("2").collection("c").document("3").set({})
+    client.collection(f"root-{unique}").document("q").set({})
+
+    responses = list(
+        api.run_query(
+            request={
+                "parent": f"projects/{PROJECT}/databases/(default)/documents/{parent.path}",
+                "structured_query": {"from_": [{"all_descendants": True}]},
+            }
+        )
+    )
+
+    found = [response.document.name.rsplit("/", 1)[1] for response in responses]
+    assert found == ["1", "2", "3"]

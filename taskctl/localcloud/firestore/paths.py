@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from taskctl.localcloud.errors import invalid_argument
 
-# Limits from Firestore's "Usage and limits" page: document and collection IDs,
-# and document names, are at most 1,500 bytes; a document is at most 100
-# subcollections deep; a field path is at most 1,500 bytes.
+# Limits from Firestore's "Quotas and limits" page (cloud.google.com/firestore/quotas).
+# Collection and document IDs and field paths are at most 1,500 bytes each, and
+# a document name at most 6 KiB. Subcollections nest at most 100 deep.
 MAX_ID_BYTES = 1500
 MAX_NAME_BYTES = 6 * 1024
 MAX_SUBCOLLECTION_DEPTH = 100

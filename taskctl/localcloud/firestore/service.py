@@ -1,11 +1,13 @@
 """Firestore v1 ``google.firestore.v1.Firestore``: documents, transactions, queries.
 
 Enough of the API for ``google-cloud-firestore`` pointed at the local cloud with
-``FIRESTORE_EMULATOR_HOST``. The client's ``authorization: Bearer owner`` header
-is accepted and not checked, as by Google's emulator. Not served: Listen and
-Write (real-time listeners), PartitionQuery, ExecutePipeline, and reads at a
-past ``read_time``. TTL policies are not enforced either: a document whose TTL
-field is in the past stays until it is deleted.
+``FIRESTORE_EMULATOR_HOST``. Every caller may read and write everything, so the
+client's ``authorization: Bearer owner`` header is accepted without a check.
+
+Not served: Listen and Write (real-time listeners), PartitionQuery,
+ExecutePipeline, vector search and query explain. A read at a past
+``read_time`` returns the current documents. TTL policies are not enforced, so
+a document whose TTL field is in the past stays until something deletes it.
 """
 
 from __future__ import annotations

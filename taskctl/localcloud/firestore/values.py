@@ -20,10 +20,12 @@ Value = document_types.Value.pb()
 MapValue = document_types.MapValue.pb()
 ArrayValue = document_types.ArrayValue.pb()
 
-# Limits from Firestore's "Usage and limits" page.
+# Limits from Firestore's "Quotas and limits" page (cloud.google.com/firestore/quotas):
+# a document, a field value, a field name, and maps and arrays nested in a field.
 MAX_DOCUMENT_BYTES = 1_048_576
 MAX_STRING_BYTES = 1_048_487
-MAX_MAP_DEPTH = 20
+MAX_FIELD_NAME_BYTES = 1500
+MAX_NESTING_DEPTH = 20
 RESERVED_FIELD = re.compile(r"^__.*__$")
 # Timestamps Firestore stores: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z.
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
@@ -178,16 +180,16 @@ def validate_value(value: Any, database: str, where: str) -> None:
 def _validate_map(
     fields: Any, database: str, where: str, path: FieldPath, depth: int
 ) -> None:
-    if depth > MAX_MAP_DEPTH:
-        raise invalid_argument(
-            f"{where}: field {format_field_path(path)} nests maps more than "
-            f"{MAX_MAP_DEPTH} levels deep"
-        )
     is_vector = "__type__" in fields and fields["__type__"].string_value == "__vector__"
     for key, value in fields.items():
         field_path = (*path, key)
         if not key:
             raise invalid_argument(f"{where}: a field name is empty")
+        if len(key.encode()) > MAX_FIELD_NAME_BYTES:
+            raise invalid_argument(
+                f'{where}: field name "{key[:100]}..." is longer than '
+                f"{MAX_FIELD_NAME_BYTES} bytes"
+            )
         if RESERVED_FIELD.match(key) and not (is_vector and key == "__type__"):
             raise invalid_argument(
                 f'{where}: field name "{format_field_path(field_path)}" is reserved: '
@@ -201,6 +203,11 @@ def _validate_value(
 ) -> None:
     value_kind = kind(value)
     field = format_field_path(path) if path else "(array element)"
+    if value_kind in ("array_value", "map_value") and depth >= MAX_NESTING_DEPTH:
+        raise invalid_argument(
+            f"{where}: field {field} nests maps and arrays more than "
+            f"{MAX_NESTING_DEPTH} levels deep"
+        )
     if value_kind not in STORABLE_KINDS:
         detail = (
             "no value is set" if not value_kind else f"{value_kind} is not storable"
@@ -243,7 +250,7 @@ def _validate_value(
                     f"{where}: field {field} contains an array directly inside an "
                     "array, which Firestore does not store"
                 )
-            _validate_value(element, database, where, path, depth)
+            _validate_value(element, database, where, path, depth + 1)
     elif value_kind == "map_value":
         _validate_map(value.map_value.fields, database, where, path, depth + 1)
 

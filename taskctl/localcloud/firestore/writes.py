@@ -29,14 +29,9 @@ from taskctl.localcloud.firestore.store import (
 
 WriteResult = write_types.WriteResult.pb()
 REQUEST_TIME = write_types.DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
-TRANSFORM_KINDS = (
-    "set_to_server_value",
-    "increment",
-    "maximum",
-    "minimum",
-    "append_missing_elements",
-    "remove_all_from_array",
-)
+# Firestore's "Quotas and limits" page allows at most 500 field transforms on one
+# document in a commit. This checks each write on its own.
+MAX_TRANSFORMS = 500
 
 
 @dataclass(frozen=True)
@@ -91,6 +86,11 @@ def parse_write(write: Any, database: str, index: int) -> ParsedWrite:
                     transform, database, f"{where}.update_transforms[{position}]"
                 ),
             )
+        )
+    if len(transforms) > MAX_TRANSFORMS:
+        raise invalid_argument(
+            f"{where}: {len(transforms)} field transforms on {document.name}, more "
+            f"than the maximum of {MAX_TRANSFORMS}"
         )
     transformed = [path for path, _ in transforms]
     if len(set(transformed)) != len(transformed):
