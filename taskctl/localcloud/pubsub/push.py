@@ -16,7 +16,7 @@ from taskctl.localcloud.pubsub.store import Lease, Store, SubscriptionState
 
 log = logging.getLogger("taskctl.localcloud.pubsub")
 
-# Statuses Pub/Sub treats as an ack of a push; every other response is a nack.
+# Statuses Pub/Sub treats as an ack of a push. Every other response is a nack.
 ACK_STATUSES = frozenset({102, 200, 201, 202, 204})
 MAX_IN_FLIGHT_PER_SUBSCRIPTION = 16
 MAX_PUSH_THREADS = 64

@@ -426,8 +426,8 @@ class PubSubService:
         for path in paths:
             if path in ("topic", "filter", "enable_message_ordering", "name"):
                 raise invalid_argument(
-                    f"invalid update_mask path {path!r}: the field of a subscription "
-                    "cannot be changed after it is created"
+                    f"invalid update_mask path {path!r}: {path} cannot be changed "
+                    "after the subscription is created"
                 )
             if path not in SUBSCRIPTION_UPDATABLE:
                 raise invalid_argument(

@@ -164,7 +164,11 @@ def _timestamp(when: float) -> timestamp_pb2.Timestamp:
 
 
 class Store:
-    """All Pub/Sub state; every method that changes state is one transaction."""
+    """All Pub/Sub state.
+
+    Every method that changes state commits before it returns, in one
+    transaction except :meth:`sweep`, which uses one per subscription.
+    """
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path)
@@ -203,8 +207,8 @@ class Store:
         self._next_message_id = last_message_id + 1
         now = time.time()
         with self.db.transaction() as conn:
-            # Leases do not survive a restart: the subscribers' streams are gone,
-            # so every leased message is deliverable again, keeping its attempts.
+            # Leases do not survive a restart, because the subscribers' streams are
+            # gone. Every leased message is deliverable again and keeps its attempts.
             released = conn.execute(
                 "UPDATE deliveries SET lease_expires = ?, available_at = ?"
                 " WHERE lease_expires > ?",
@@ -789,8 +793,8 @@ class Store:
                 [(state.id, message_id) for message_id in older],
             )
             self._drop_orphans(conn, older)
-            # Ending every lease makes the outstanding ack IDs stale, as after
-            # a seek in Google's service.
+            # Ending every lease makes the outstanding ack IDs stale, so every
+            # remaining message is delivered again.
             conn.execute(
                 "UPDATE deliveries SET lease_expires = MIN(lease_expires, ?),"
                 " available_at = ? WHERE subscription = ?",

@@ -10,9 +10,9 @@ from google.protobuf import duration_pb2
 
 from taskctl.localcloud.errors import invalid_argument
 
-# Topic, subscription and snapshot IDs: 3 to 255 characters, starting with a
-# letter, then letters, digits and - _ . ~ + %; IDs starting with "goog" are
-# reserved by Google.
+# Topic, subscription and snapshot IDs are 3 to 255 characters long. They start
+# with a letter, continue with letters, digits and - _ . ~ + %, and must not
+# start with "goog", which Google reserves.
 RESOURCE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
 PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-.:]{0,99}$")
 DELETED_TOPIC = "_deleted-topic_"
@@ -49,7 +49,7 @@ def _check_id(kind: str, name: str, resource_id: str) -> None:
             f"invalid {kind} name {name!r}: the ID must be 3 to 255 characters, start "
             "with a letter and contain only letters, digits and - _ . ~ + %"
         )
-    if resource_id.lower().startswith("goog"):
+    if resource_id.startswith("goog"):
         raise invalid_argument(
             f"invalid {kind} name {name!r}: IDs starting with 'goog' are reserved"
         )
@@ -84,7 +84,7 @@ def seconds(duration: duration_pb2.Duration) -> float:
 
 
 def check_message(message: Any, index: int) -> None:
-    """Apply the per-message publish limits; sizes are counted in bytes."""
+    """Apply the per-message publish limits, counting sizes in bytes."""
     where = f"message {index}"
     if not message.data and not message.attributes:
         raise invalid_argument(f"{where} has neither data nor attributes")
@@ -113,7 +113,7 @@ def check_message(message: Any, index: int) -> None:
                 f"{where}: value of attribute {key!r} is {value_bytes} bytes, over the "
                 f"limit of {MAX_ATTRIBUTE_VALUE_BYTES} bytes"
             )
-        if key.lower().startswith("goog"):
+        if key.startswith("goog"):
             raise invalid_argument(
                 f"{where}: attribute key {key!r} is invalid because keys starting with "
                 "'goog' are reserved"
