@@ -10,8 +10,9 @@ Each invocation ends in one of three ways:
   reason in ``taskctl_*`` attributes, then the function returns, so the message is
   neither retried nor lost. If that publish fails, the function raises instead.
 
-NOTE: duplicate deliveries are not detected, because the worker has no idempotency
-store yet. A redelivered task runs again, and process_image overwrites its outputs.
+Before the handler runs, the task's key (its task_id) is claimed in Firestore, so a
+duplicate delivery or a replay of a task that already succeeded returns at once with
+outcome ``duplicate`` (see taskworker/idempotency.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 import functions_framework
 from cloudevents.http import CloudEvent
 from handlers import REGISTRY
-from taskworker import dead_letter, envelope, failures, structured_log
+from taskworker import dead_letter, envelope, failures, idempotency, structured_log
 from taskworker.failures import PermanentError
 from taskworker.registry import TaskContext, TaskResult
 from taskworker.structured_log import TaskLogger
@@ -57,6 +58,14 @@ def handle_task(cloud_event: CloudEvent) -> None:
     except Exception as error:
         _log_transient_failure(log, error, started)
         raise
+    if result is None:
+        log.info(
+            "task %s already done; duplicate delivery acknowledged",
+            task.task_id,
+            outcome="duplicate",
+            duration_ms=_elapsed_ms(started),
+        )
+        return
     log.info(
         "task succeeded",
         outcome="success",
@@ -67,7 +76,12 @@ def handle_task(cloud_event: CloudEvent) -> None:
 
 def _route_and_run(
     task: envelope.Task, message: envelope.PushMessage, log: TaskLogger
-) -> TaskResult:
+) -> TaskResult | None:
+    """Run the task once per key; return None for a key that is already done.
+
+    A payload that fails its schema is rejected before any claim, because no
+    delivery of it can ever run.
+    """
     task_type = REGISTRY.get(task.task_type)
     if task_type is None:
         known = ", ".join(sorted(REGISTRY)) or "none"
@@ -76,13 +90,24 @@ def _route_and_run(
             failures.UNKNOWN_TASK_TYPE,
         )
     job = task_type.parse_payload(task.payload)
+    claim = idempotency.claim(
+        task.task_id, task_type=task.task_type, message_id=message.message_id
+    )
+    if claim.duplicate:
+        return None
     context = TaskContext(
         task_id=task.task_id,
         message_id=message.message_id,
         delivery_attempt=message.delivery_attempt,
         log=log,
     )
-    return task_type.run(job, context)
+    try:
+        result = task_type.run(job, context)
+    except BaseException:
+        claim.release(log)
+        raise
+    claim.complete(log)
+    return result
 
 
 def _dead_letter(

@@ -70,10 +70,11 @@ class ReceivedMail:
 class SmtpSink:
     """An aiosmtpd server on a free loopback port, run in its own thread."""
 
-    def __init__(self, state_dir: Path, host: str) -> None:
+    def __init__(self, state_dir: Path, host: str, port: int = 0) -> None:
         self.host = host
-        # Chosen now, so the functions service can hand it to instances before start.
-        self.port = free_port(host)
+        # A free port (for 0) is chosen now, so the functions service can hand it
+        # to instances before start.
+        self.port = port or free_port(host)
         self._mail_dir = state_dir / MAIL_DIR
         self._index_path = state_dir / INDEX_FILE
         self._db: Database | None = None

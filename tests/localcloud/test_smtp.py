@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.policy
 import json
 import smtplib
@@ -9,6 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -231,18 +233,29 @@ def test_index_row_per_message(sink: SmtpSink, tmp_path: Path) -> None:
 
 
 def instance_with(environment_variables: dict[str, str], tmp_path: Path) -> Instance:
-    spec = InstanceSpec(
-        project="taskctl-test",
-        location="us-central1",
-        function_id="mailer",
-        revision_name="mailer-00001",
-        source_dir=tmp_path,
-        entry_point="handle_task",
-        signature_type="cloudevent",
-        timeout_seconds=60,
-        concurrency=1,
-        environment_variables=environment_variables,
-    )
+    fields: dict[str, Any] = {
+        "project": "taskctl-test",
+        "location": "us-central1",
+        "function_id": "mailer",
+        "revision_name": "mailer-00001",
+        "source_dir": tmp_path,
+        "entry_point": "handle_task",
+        "signature_type": "cloudevent",
+        "timeout_seconds": 60,
+        "concurrency": 1,
+        "environment_variables": environment_variables,
+    }
+    # Fields that InstanceSpec gains later (such as max_instances) get 1, because
+    # the SMTP variables do not depend on them.
+    required = {
+        field.name
+        for field in dataclasses.fields(InstanceSpec)
+        if field.default is dataclasses.MISSING
+        and field.default_factory is dataclasses.MISSING
+    }
+    for name in required - set(fields):
+        fields[name] = 1
+    spec = InstanceSpec(**fields)
     return Instance(
         spec,
         host="127.0.0.1",

@@ -24,7 +24,7 @@ import pytest
 import requests
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import pubsub_v1, storage
+from google.cloud import firestore, pubsub_v1, storage
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
@@ -297,6 +297,7 @@ def worker_environment(
         "GOOGLE_CLOUD_PROJECT": PROJECT,
         "PUBSUB_EMULATOR_HOST": local_cloud.grpc_endpoint,
         "STORAGE_EMULATOR_HOST": local_cloud.storage_endpoint,
+        "FIRESTORE_EMULATOR_HOST": local_cloud.grpc_endpoint,
         "K_SERVICE": "task-worker",
         "K_REVISION": "task-worker-00001",
         "FUNCTION_TARGET": "handle_task",
@@ -338,6 +339,17 @@ def worker_factory(local_cloud: RuntimeInfo) -> Iterator[Any]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def firestore_client(local_cloud: RuntimeInfo) -> Iterator[firestore.Client]:
+    """A Firestore client on the local cloud, as the worker builds its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        # The client reads the variable once, when it is constructed.
+        patch.setenv("FIRESTORE_EMULATOR_HOST", local_cloud.grpc_endpoint)
+        client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")
