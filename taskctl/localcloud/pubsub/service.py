@@ -234,6 +234,12 @@ class PubSubService:
     def start(self) -> None:
         self.push.start()
         self._sweeper.start()
+        log.info(
+            "pubsub service started with %s topics and %s subscriptions, state in %s",
+            len(self.store.topics),
+            len(self.store.subscriptions),
+            self.store.db.path,
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -241,6 +247,7 @@ class PubSubService:
         self.push.stop()
         self._sweeper.join(timeout=5)
         self.store.close()
+        log.info("pubsub service stopped")
 
     def _sweep_forever(self) -> None:
         while not self._stopping.wait(SWEEP_INTERVAL_SECONDS):
