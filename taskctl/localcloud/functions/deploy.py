@@ -13,7 +13,6 @@ import random
 import shutil
 import string
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,12 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from google.pubsub_v1.types import pubsub as pubsub_types
 
 from taskctl.localcloud.errors import ServiceError
-from taskctl.localcloud.functions.instance import Instance, InstanceError, InstanceSpec
+from taskctl.localcloud.functions.instance import (
+    MAX_LOCAL_WORKERS,
+    Instance,
+    InstanceError,
+    InstanceSpec,
+)
 from taskctl.localcloud.functions.names import FunctionName, parse_function
 from taskctl.localcloud.functions.operations import OperationStore
 from taskctl.localcloud.functions.pubsub_bridge import PubSubBridge
@@ -217,7 +221,8 @@ class Deployer:
     def run_in_background(self, name: str, work: Callable[[], None]) -> None:
         thread = threading.Thread(target=work, name=name, daemon=True)
         thread.start()
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
 
     # ----- deploy and redeploy -------------------------------------------------
 
@@ -325,6 +330,8 @@ class Deployer:
             else "http",
             timeout_seconds=config.timeout_seconds,
             concurrency=config.max_instance_request_concurrency or 1,
+            # An unset max_instance_count leaves MAX_LOCAL_WORKERS as the limit.
+            max_instances=config.max_instance_count or MAX_LOCAL_WORKERS,
             environment_variables=dict(config.environment_variables),
         )
         return Instance(
@@ -353,6 +360,10 @@ class Deployer:
         assert deployment.instance is not None
         endpoint = deployment.instance.url + "/"
         current = record.function
+        # NOTE: a changed retry_policy gets a new trigger and subscription, because
+        # Pub/Sub's in-process API cannot change how an existing subscription
+        # treats failed pushes. Whether Google keeps the subscription then is not
+        # known here.
         same_trigger = (
             record.subscription
             and current.HasField("event_trigger")
@@ -635,10 +646,7 @@ class Deployer:
             stopper.start()
         for stopper in stoppers:
             stopper.join(timeout=grace + 5)
-        for thread in self._threads:
+        with self._lock:
+            background = list(self._threads)
+        for thread in background:
             thread.join(timeout=grace + 5)
-
-    def wait_idle(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for thread in list(self._threads):
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -20,9 +20,13 @@ from taskctl.localcloud.children import free_port
 
 log = logging.getLogger("taskctl.localcloud.functions")
 
-# Cloud Run scales a function out to more instances under load. The local cloud
-# runs one instance, so it gives that instance several gunicorn threads instead.
-MIN_INSTANCE_THREADS = 8
+# Cloud Run scales a function out to more instances under load, each serving
+# max_instance_request_concurrency requests at once. The local cloud runs one
+# gunicorn with up to this many single-threaded worker processes in their place.
+# Threaded workers are avoided: with gunicorn 27.0.1 they served pushes over
+# Pub/Sub's kept-alive connections at about 20 per second in bench/bench_push.py,
+# where sync workers kept up with direct requests.
+MAX_LOCAL_WORKERS = 4
 # gunicorn waits this long (its graceful_timeout default, 30 s) for in-flight
 # requests after SIGTERM; the extra seconds cover its own shutdown.
 STOP_GRACE_SECONDS = 35.0
@@ -53,6 +57,7 @@ class InstanceSpec:
     signature_type: str  # "cloudevent" or "http"
     timeout_seconds: int
     concurrency: int
+    max_instances: int
     environment_variables: dict[str, str] = field(default_factory=dict)
 
 
@@ -101,14 +106,15 @@ class Instance:
     def environment(self) -> dict[str, str]:
         spec = self.spec
         environment = dict(os.environ)
-        # functions-framework 3.x reads these to configure gunicorn: one worker
-        # process with threads, and a per-request timeout like Cloud Run's.
+        # functions-framework 3.x reads these to configure gunicorn. With one
+        # thread per worker, gunicorn's timeout restarts a worker whose request
+        # runs past timeout_seconds, and the push then fails as a 504 would.
+        workers = min(spec.max_instances * spec.concurrency, MAX_LOCAL_WORKERS)
         environment.update(
             {
-                "WORKERS": "1",
-                "THREADS": str(max(MIN_INSTANCE_THREADS, spec.concurrency)),
+                "WORKERS": str(max(1, workers)),
+                "THREADS": "1",
                 "CLOUD_RUN_TIMEOUT_SECONDS": str(spec.timeout_seconds),
-                "THREADED_TIMEOUT_ENABLED": "True",
             }
         )
         environment.update(spec.environment_variables)
