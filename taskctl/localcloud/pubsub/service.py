@@ -370,11 +370,13 @@ class PubSubService:
     def rpc_list_topics(self, request: Any, context: grpc.ServicerContext) -> Any:
         project = validation.parse_project(request.project)
         prefix = f"projects/{project}/topics/"
-        names = [name for name in self.store.topics if name.startswith(prefix)]
+        names = [name for name in list(self.store.topics) if name.startswith(prefix)]
         page, token = _page(names, request.page_size, request.page_token)
         response = types.ListTopicsResponse.pb()(next_page_token=token)
         for name in page:
-            response.topics.append(self.store.topics[name])
+            topic = self.store.topics.get(name)
+            if topic is not None:  # skip one deleted since the names were read
+                response.topics.append(topic)
         return response
 
     def rpc_list_topic_subscriptions(
@@ -453,11 +455,15 @@ class PubSubService:
     ) -> Any:
         project = validation.parse_project(request.project)
         prefix = f"projects/{project}/subscriptions/"
-        names = [name for name in self.store.subscriptions if name.startswith(prefix)]
+        names = [
+            name for name in list(self.store.subscriptions) if name.startswith(prefix)
+        ]
         page, token = _page(names, request.page_size, request.page_token)
         response = types.ListSubscriptionsResponse.pb()(next_page_token=token)
         for name in page:
-            response.subscriptions.append(self.store.subscriptions[name].proto)
+            state = self.store.subscriptions.get(name)
+            if state is not None:  # skip one deleted since the names were read
+                response.subscriptions.append(state.proto)
         return response
 
     def rpc_delete_subscription(

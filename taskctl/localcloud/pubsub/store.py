@@ -244,7 +244,10 @@ class Store:
         return self.subscriptions.get(state.name) is state
 
     def subscriptions_of(self, topic: str) -> list[SubscriptionState]:
-        return [s for s in self.subscriptions.values() if s.proto.topic == topic]
+        # list() copies the values in one step, so a subscription created or
+        # deleted by another thread cannot break the iteration.
+        states = list(self.subscriptions.values())
+        return [state for state in states if state.proto.topic == topic]
 
     # -- topics -------------------------------------------------------------------
 
