@@ -651,3 +651,11 @@ def test_oversized_request_rejected(
     with pytest.raises(exceptions.InvalidArgument, match="maximum of 10,485,760"):
         api.commit(request={"database": DATABASE, "writes": writes})
     assert list(collection.list_documents()) == []
+
+
+def test_reserved_transform_path_rejected(
+    collection: firestore.CollectionReference,
+) -> None:
+    with pytest.raises(exceptions.InvalidArgument, match="reserved"):
+        collection.document("a").set({"__count__": firestore.Increment(1)})
+    assert not collection.document("a").get().exists

@@ -96,7 +96,7 @@ DEFAULT_PAGE_SIZE = 300
 MAX_PAGE_SIZE = 1000
 AUTO_ID_ALPHABET = string.ascii_letters + string.digits
 AUTO_ID_LENGTH = 20
-# Firestore's maximum API request size, from its "Usage and limits" page.
+# Firestore's maximum API request size, from its "Quotas and limits" page.
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
 Mask = Callable[[Any], Any] | None
@@ -271,6 +271,8 @@ class FirestoreService:
         compiled = compile_query(request.structured_query, database)
         transaction, new_identifier = self._read_transaction(request, database)
         documents, skipped = self._run_compiled(compiled, parent)
+        # NOTE: only the returned documents are recorded, so a document that
+        # starts to match the query after this read does not abort the transaction.
         self.transactions.record_reads(
             transaction,
             [document.name for document in documents],

@@ -114,6 +114,7 @@ def compare(left: Any, right: Any) -> int:
     right_order = TYPE_ORDER.get(right_kind, -1)
     if left_order != right_order:
         return _sign(left_order - right_order)
+
     if left_order == 0:
         return 0
     if left_order == 2:

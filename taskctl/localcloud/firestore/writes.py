@@ -17,6 +17,7 @@ from taskctl.localcloud.firestore import values
 from taskctl.localcloud.firestore.paths import (
     DocumentName,
     FieldPath,
+    format_field_path,
     parse_document_name,
     parse_field_path,
 )
@@ -53,7 +54,7 @@ def parse_write(write: Any, database: str, index: int) -> ParsedWrite:
     where = f"writes[{index}]"
     operation = write.WhichOneof("operation")
     if operation is None:
-        raise invalid_argument(f"{where}: set one of update, delete or transform")
+        raise invalid_argument(f"{where}: a write must set update, delete or transform")
     if operation == "delete":
         name = write.delete
         transforms_pb: Any = []
@@ -95,13 +96,28 @@ def parse_write(write: Any, database: str, index: int) -> ParsedWrite:
     transformed = [path for path, _ in transforms]
     if len(set(transformed)) != len(transformed):
         raise invalid_argument(f"{where}: a field is transformed more than once")
+    for path in [*(mask or []), *transformed]:
+        _check_writable(path, where)
     return ParsedWrite(write, document, mask, transforms)
+
+
+def _check_writable(path: FieldPath, where: str) -> None:
+    # Values are checked with the document, but a mask or transform path can
+    # name a field that the update's fields do not contain.
+    for segment in path:
+        if values.RESERVED_FIELD.match(segment):
+            raise invalid_argument(
+                f'{where}: field path "{format_field_path(path)}" names a reserved '
+                "field: names matching __.*__ are not allowed"
+            )
 
 
 def _check_transform(transform: Any, database: str, where: str) -> Any:
     transform_kind = transform.WhichOneof("transform_type")
     if transform_kind is None:
-        raise invalid_argument(f"{where}: set one transform type")
+        raise invalid_argument(
+            f"{where}: a field transform must set one transform type"
+        )
     if transform_kind == "set_to_server_value":
         if transform.set_to_server_value != REQUEST_TIME:
             raise invalid_argument(f"{where}: set_to_server_value must be REQUEST_TIME")
