@@ -982,3 +982,153 @@ def test_update_while_deploying_aborted(
         pytest.skip("the create finished before the update arrived")
     finally:
         operation.result(timeout=DEPLOY_TIMEOUT)
+
+
+def test_instance_serves_concurrent_requests(
+    deploy: Deploy,
+    client: functions_v2.FunctionServiceClient,
+    publisher: Any,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    out_file = tmp_path / "out"
+    source = upload(client, make_zip({"main.py": SLOW_FUNCTION}))
+    deploy(function_id, event_function(source, topic, out_file))
+
+    for index in range(3):
+        publisher.publish(topic, f"slow-{index}".encode()).result(timeout=30)
+
+    records = wait_for_records(out_file, 6)
+    steps = [record["step"] for record in records]
+    # Each request sleeps 3 s, so a second start before the first finish shows
+    # two requests in the instance at once.
+    assert steps[:2] == ["started", "started"]
+
+
+def test_requirements_with_markers_and_includes(
+    deploy: Deploy,
+    client: functions_v2.FunctionServiceClient,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    requirements = "\n".join(
+        [
+            "# the worker's dependencies",
+            "--index-url https://pypi.invalid/simple",
+            "-r more-requirements.txt",
+            'functions-framework>=3 ; python_version >= "3.8"',
+            'no-such-dist-xyz==1.0 ; python_version < "3.0"',
+            "packaging \\",
+            "    >=20  # continued line",
+        ]
+    )
+    source = upload(
+        client,
+        make_zip(
+            {
+                "main.py": RECORDING_FUNCTION,
+                "requirements.txt": requirements,
+                "more-requirements.txt": "requests>=2\n",
+            }
+        ),
+    )
+
+    function, _ = deploy(function_id, event_function(source, topic, tmp_path / "out"))
+
+    assert function.state == functions_v2.Function.State.ACTIVE
+
+
+def test_requirements_include_outside_rejected(
+    client: functions_v2.FunctionServiceClient,
+    cleanup_functions: list[str],
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    source = upload(
+        client,
+        make_zip(
+            {"main.py": RECORDING_FUNCTION, "requirements.txt": "-r ../../etc/hosts\n"}
+        ),
+    )
+    cleanup_functions.append(f"{PARENT}/functions/{function_id}")
+
+    operation = client.create_function(
+        parent=PARENT,
+        function=event_function(source, topic, tmp_path / "out"),
+        function_id=function_id,
+    )
+
+    with pytest.raises(exceptions.InvalidArgument, match="not found in the source"):
+        operation.result(timeout=DEPLOY_TIMEOUT)
+
+
+def test_update_without_mask_takes_present_fields(
+    deploy: Deploy,
+    client: functions_v2.FunctionServiceClient,
+    recording_source: Any,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    first, _ = deploy(
+        function_id, event_function(recording_source, topic, tmp_path / "out")
+    )
+
+    # A client that sends back what GetFunction returned, output-only fields
+    # included, with one field changed.
+    change = client.get_function(name=first.name)
+    change.description = "resized"
+    change.service_config.available_memory = "512Mi"
+    second = client.update_function(function=change).result(timeout=DEPLOY_TIMEOUT)
+
+    assert second.description == "resized"
+    assert second.service_config.available_memory == "512Mi"
+    assert second.build_config.runtime == first.build_config.runtime
+    assert second.event_trigger.trigger == first.event_trigger.trigger
+    assert second.service_config.revision != first.service_config.revision
+
+
+def test_update_rejects_trigger_type_change(
+    deploy: Deploy,
+    client: functions_v2.FunctionServiceClient,
+    recording_source: Any,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    first, _ = deploy(
+        function_id, event_function(recording_source, topic, tmp_path / "out")
+    )
+
+    with pytest.raises(exceptions.InvalidArgument, match="trigger type"):
+        client.update_function(
+            function=functions_v2.Function(name=first.name),
+            update_mask=field_mask_pb2.FieldMask(paths=["event_trigger"]),
+        )
+
+
+def test_get_trigger_missing_not_found(
+    eventarc: eventarc_v1.EventarcClient, unique: str
+) -> None:
+    with pytest.raises(exceptions.NotFound):
+        eventarc.get_trigger(name=f"{PARENT}/triggers/missing-{unique}")
+
+
+def test_list_triggers_includes_function_trigger(
+    deploy: Deploy,
+    eventarc: eventarc_v1.EventarcClient,
+    recording_source: Any,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    function, _ = deploy(
+        function_id, event_function(recording_source, topic, tmp_path / "out")
+    )
+
+    names = [trigger.name for trigger in eventarc.list_triggers(parent=PARENT)]
+
+    assert function.event_trigger.trigger in names

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -217,10 +218,16 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     return lines
 
 
+_INCLUDE = re.compile(r"^(?:-r|--requirement)(?:\s+|=|(?=[^\s=]))(?P<file>.+)$")
+
+
 def _requirement_lines(
     path: Path, root: Path, seen: set[Path]
 ) -> list[tuple[str, str]]:
-    """Return (where, requirement text) for each requirement, following ``-r``."""
+    """Return (where, requirement text) for each requirement, following ``-r``.
+
+    ``path`` and ``root`` are resolved paths, and ``path`` lies under ``root``.
+    """
     seen.add(path)
     found: list[tuple[str, str]] = []
     for number, line in _logical_lines(path.read_text(errors="replace")):
@@ -228,11 +235,11 @@ def _requirement_lines(
         text = line.split(" #", 1)[0].strip()
         if not text or text.startswith("#"):
             continue
-        if text.startswith(("-r ", "--requirement ", "-r", "--requirement=")):
-            included = text.split(None, 1)[-1] if " " in text else text[2:]
-            included = included.removeprefix("--requirement=").strip()
+        include = _INCLUDE.match(text)
+        if include is not None:
+            included = include.group("file").strip()
             nested = (path.parent / included).resolve()
-            if not nested.is_relative_to(root.resolve()) or not nested.is_file():
+            if not nested.is_relative_to(root) or not nested.is_file():
                 raise SourceError(
                     f"{where}: included file {included!r} not found in the source"
                 )
@@ -253,7 +260,8 @@ def check_requirements(source_dir: Path) -> None:
         return
 
     problems: list[str] = []
-    for where, text in _requirement_lines(requirements_file, source_dir, set()):
+    root = source_dir.resolve()
+    for where, text in _requirement_lines(requirements_file.resolve(), root, set()):
         try:
             requirement = Requirement(text)
         except InvalidRequirement as error:
