@@ -145,8 +145,24 @@ def _to_record(entry: Any) -> LogRecord:
         message=message,
         insert_id=entry.insert_id,
         labels=dict(entry.labels),
-        fields={key: value for key, value in payload.items() if key != "message"},
+        fields={
+            key: _whole_numbers(value)
+            for key, value in payload.items()
+            if key != "message"
+        },
     )
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Turn the floats a protobuf Struct stores for every number back into ints
+    where they are whole (delivery_attempt 3.0 -> 3)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    return value
 
 
 def _severity_name(value: Any) -> str:

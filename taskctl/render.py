@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from taskctl.demo import DemoEvent, DemoSummary
     from taskctl.localcloud.smtp import ReceivedMail
     from taskctl.logs import LogRecord
+    from taskctl.objects import Uploaded
     from taskctl.provision import ProvisionResult
     from taskctl.publish import PublishResult
     from taskctl.replay import ReplayItem, ReplayResult
@@ -59,11 +60,25 @@ def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
 
 
+# Width for output that is not a terminal (a pipe or file), so tables of long
+# resource names are not folded at Rich's 80-column default.
+_PIPE_WIDTH = 240
+
+
+def _console(*, stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(
+            stderr=stderr, highlight=False, soft_wrap=True, width=_PIPE_WIDTH
+        )
+    return console
+
+
 class Renderer:
     def __init__(self, *, json_output: bool = False) -> None:
         self.json_output = json_output
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = _console(stderr=False)
+        self.err = _console(stderr=True)
 
     # --- generic ------------------------------------------------------------
 
@@ -120,7 +135,7 @@ class Renderer:
                 f"{change.field}: {change.current or '(unset)'} -> {change.desired}"
                 for change in item.changes
             )
-            if item.note and not changes:
+            if item.note and item.action in ("create", "pending"):
                 changes = f"[dim]{escape(item.note)}[/dim]"
             else:
                 changes = escape(changes)
@@ -198,16 +213,28 @@ class Renderer:
         severity = f"{record.severity:<8}"
         severity = f"[{style}]{severity}[/{style}]" if style else severity
         suffix = f" [dim]{escape(' '.join(context))}[/dim]" if context else ""
-        message = record.message
-        if first_line_only:
-            message = message.split("\n", 1)[0]
-        console.print(f"{time_text} {severity} {escape(message)}{suffix}")
+        first_line, _, rest = record.message.partition("\n")
+        console.print(f"{time_text} {severity} {escape(first_line)}{suffix}")
+        if rest and not first_line_only:
+            # Continuation lines (a stack trace) are indented under the entry.
+            for line in rest.splitlines():
+                console.print(f"    {escape(line)}", style="dim")
+
+    def no_log_entries(self) -> None:
+        if not self.json_output:
+            self.err.print("No log entries match.", style="dim")
 
     # --- replay -----------------------------------------------------------------------
 
-    def replay_item(self, item: ReplayItem) -> None:
-        if self.json_output:
+    def replay_progress(self, item: ReplayItem) -> None:
+        """Show each dead letter as it is handled (stderr, terminals only)."""
+        if self.json_output or not self.err.is_terminal:
             return
+        self.err.print(
+            f"{item.outcome}: {escape(str(item.dead_letter.task_id))}", style="dim"
+        )
+
+    def _replay_row(self, item: ReplayItem) -> tuple[str, str, str, str, str]:
         letter = item.dead_letter
         label = {
             "replayed": "[green]replayed[/green]",
@@ -215,14 +242,23 @@ class Renderer:
             "skipped": "[yellow]skipped[/yellow]",
             "failed": "[red]failed[/red]",
         }[item.outcome]
-        details = f"task_id={letter.task_id} task_type={letter.task_type} message_id={letter.message_id}"
-        if letter.failure_reason:
-            details += f" reason={letter.failure_reason}"
+        why = letter.failure_reason or (
+            f"failed {letter.delivery_count} deliveries"
+            if letter.delivery_count
+            else ""
+        )
+        note = item.reason
         if item.new_message_id:
-            details += f" -> {item.new_message_id}"
-        if item.reason:
-            details += f" ({item.reason})"
-        self.err.print(f"{label} {escape(details)}")
+            note = f"republished as {item.new_message_id}" + (
+                f"; {note}" if note else ""
+            )
+        return (
+            label,
+            escape(str(letter.task_id)),
+            escape(str(letter.task_type)),
+            escape(why),
+            escape(note),
+        )
 
     def replay(self, result: ReplayResult) -> None:
         if self.json_output:
@@ -242,6 +278,18 @@ class Renderer:
         if not result.items:
             self.out.print(f"No dead letters in {result.subscription}.")
             return
+        items = Table(show_edge=False)
+        for column in (
+            "outcome",
+            "task_id",
+            "task_type",
+            "dead-lettered because",
+            "note",
+        ):
+            items.add_column(column, overflow="fold")
+        for item in result.items:
+            items.add_row(*self._replay_row(item))
+        self.out.print(items)
         table = Table(show_edge=False)
         table.add_column("outcome")
         table.add_column("count", justify="right")
@@ -321,8 +369,7 @@ class Renderer:
     # --- the demo ------------------------------------------------------------------
 
     def demo_event(self, event: DemoEvent) -> None:
-        if self.json_output:
-            return
+        # Progress goes to stderr in both modes; --json changes only the summary.
         if event.kind == "step":
             self.err.print(f"\n[bold]==> {escape(event.text)}[/bold]")
         elif event.kind == "log" and event.record is not None:
@@ -369,6 +416,15 @@ class Renderer:
             else "[red]The story did not run as expected.[/red]"
         )
         self.out.print(verdict)
+
+    def uploaded(self, result: Uploaded) -> None:
+        if self.json_output:
+            self.emit_json(dataclasses.asdict(result))
+            return
+        created = " (created the bucket)" if result.bucket_created else ""
+        self.out.print(
+            f"Uploaded {result.size} bytes ({result.content_type}) to {escape(result.url)}{created}."
+        )
 
     def line(self, text: str) -> None:
         """Print one line of already-escaped Rich markup to stdout."""

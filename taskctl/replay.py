@@ -44,7 +44,7 @@ class DeadLetter:
     task_id: str | None
     task_type: str | None
     replay_count: int
-    delivery_count: str | None
+    delivery_count: int | None
     failure_reason: str | None
     attributes: dict[str, str]
 
@@ -84,13 +84,22 @@ def _replay_count(attributes: dict[str, str]) -> int:
         return 0
 
 
+def _as_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def describe(message_id: str, attributes: dict[str, str]) -> DeadLetter:
     return DeadLetter(
         message_id=message_id,
         task_id=attributes.get("task_id"),
         task_type=attributes.get("task_type"),
         replay_count=_replay_count(attributes),
-        delivery_count=attributes.get("CloudPubSubDeadLetterSourceDeliveryCount"),
+        delivery_count=_as_int(
+            attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
+        ),
         failure_reason=attributes.get("taskctl_failure_reason"),
         attributes=attributes,
     )
@@ -114,6 +123,9 @@ def replay(
 
     held: list[str] = []  # ack IDs handed back only at the end, so a run sees each once
     seen: set[str] = set()
+    # A task replayed by this run can fail again and come back as a new dead letter
+    # before the run ends; it is left for the next run rather than counted twice.
+    replayed_tasks: set[str] = set()
     try:
         while limit is None or len(result.items) < limit:
             batch = (
@@ -122,16 +134,13 @@ def replay(
                 else min(PULL_BATCH, limit - len(result.items))
             )
             received_messages = _pull(clients, subscription, batch)
-            fresh = [
-                received
-                for received in received_messages
-                if received.message.message_id not in seen
-            ]
-            held.extend(
-                received.ack_id
-                for received in received_messages
-                if received.message.message_id in seen
-            )
+            fresh = []
+            for received in received_messages:
+                task_id = received.message.attributes.get("task_id")
+                if received.message.message_id in seen or task_id in replayed_tasks:
+                    held.append(received.ack_id)
+                else:
+                    fresh.append(received)
             # An empty pull, or one returning only messages this run already saw (a
             # held lease expired), means every dead letter has been looked at.
             if not fresh:
@@ -141,6 +150,8 @@ def replay(
                 item = _handle(settings, clients, received, dry_run, task_type)
                 if item.outcome == "replayed":
                     item = _acknowledge(clients, subscription, received.ack_id, item)
+                    if item.dead_letter.task_id:
+                        replayed_tasks.add(item.dead_letter.task_id)
                 else:
                     held.append(received.ack_id)
                 result.items.append(item)
@@ -185,7 +196,8 @@ def _handle(
         return ReplayItem(
             dead_letter,
             "skipped",
-            reason=f"already replayed {dead_letter.replay_count} times (max_replays)",
+            reason=f"already replayed {dead_letter.replay_count} times; raise "
+            "--max-replays to replay it again",
         )
     if dry_run:
         return ReplayItem(dead_letter, "would_replay")

@@ -220,7 +220,34 @@ def _coerce_function(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
     return result
 
 
+# TASKCTL_* variables that are not settings of a profile.
+_OTHER_VARIABLES = {"TASKCTL_CONFIG", "TASKCTL_PROFILE"}
+
+
+def _known_variables() -> set[str]:
+    names = {
+        f"TASKCTL_{item.name.upper()}"
+        for item in fields(Settings)
+        if item.name not in ("function", "profile", "config_path")
+    }
+    names |= {
+        f"TASKCTL_FUNCTION_{item.name.upper()}"
+        for item in fields(FunctionSettings)
+        if item.name != "environment"
+    }
+    return names | _OTHER_VARIABLES
+
+
 def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    known = _known_variables()
+    unknown = sorted(
+        name for name in environ if name.startswith("TASKCTL_") and name not in known
+    )
+    if unknown:
+        raise UsageError(
+            f"unknown environment variable {unknown[0]}",
+            hint=f"taskctl reads {', '.join(sorted(known))}",
+        )
     values: dict[str, Any] = {}
     function_values: dict[str, Any] = {}
     for item in fields(Settings):
@@ -232,7 +259,10 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         raw: Any = environ[variable]
         if item.name == "local":
-            raw = raw.strip().lower() in ("1", "true", "yes")
+            flag = raw.strip().lower()
+            if flag not in ("1", "true", "yes", "0", "false", "no"):
+                raise UsageError(f"invalid {variable} {raw!r}: expected true or false")
+            raw = flag in ("1", "true", "yes")
         values[item.name] = raw
     for item in fields(FunctionSettings):
         variable = f"TASKCTL_FUNCTION_{item.name.upper()}"
@@ -341,13 +371,31 @@ def load(
     return settings
 
 
+def format_duration(seconds: int) -> str:
+    """Return ``seconds`` in the largest unit that divides it: 600 -> 10m."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _check_range(name: str, value: int, low: int, high: int, unit: str = "") -> None:
-    if not low <= value <= high:
-        suffix = f" {unit}" if unit else ""
-        raise UsageError(
-            f"{name} is {value}{suffix}, outside the allowed range {low} to {high}{suffix}",
-            hint=f"set {name} between {low} and {high}",
+    if low <= value <= high:
+        return
+    if unit == "s":
+        shown, low_text, high_text = (
+            format_duration(value) if value >= 0 else f"{value}s",
+            format_duration(low),
+            format_duration(high),
         )
+        raise UsageError(
+            f"{name} is {shown}, outside the allowed range {low_text} to {high_text}",
+            hint=f"set {name} between {low_text} and {high_text}",
+        )
+    raise UsageError(
+        f"{name} is {value}, outside the allowed range {low} to {high}",
+        hint=f"set {name} between {low} and {high}",
+    )
 
 
 def _check_id(name: str, value: str, pattern: re.Pattern[str], rule: str) -> None:

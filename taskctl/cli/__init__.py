@@ -41,6 +41,7 @@ def root(
         typer.Option(
             "--profile",
             "-p",
+            metavar="NAME",
             help="Settings profile to use (default: local).",
             envvar="TASKCTL_PROFILE",
         ),
@@ -48,17 +49,25 @@ def root(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="Settings file (default: the nearest taskctl.toml)."
+            "--config",
+            metavar="FILE",
+            help="Settings file (default: the nearest taskctl.toml).",
         ),
     ] = None,
     project: Annotated[
-        str | None, typer.Option(help="Google Cloud project ID.")
+        str | None, typer.Option(metavar="PROJECT", help="Google Cloud project ID.")
     ] = None,
     region: Annotated[
-        str | None, typer.Option(help="Region of the function, e.g. us-central1.")
+        str | None,
+        typer.Option(
+            metavar="REGION", help="Region of the function, e.g. us-central1."
+        ),
     ] = None,
     state_dir: Annotated[
-        Path | None, typer.Option(help="Local cloud state directory (local profile).")
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Local cloud state directory (local profile)."
+        ),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print results as JSON for scripts.")

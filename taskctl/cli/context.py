@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -43,9 +43,18 @@ class AppContext:
         return Clients(settings)
 
 
-def app_context(ctx: typer.Context) -> AppContext:
+# Accepted after any command as well as before it: `taskctl logs --json`.
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print results as JSON for scripts.")
+]
+
+
+def app_context(ctx: typer.Context, json_output: bool = False) -> AppContext:
     obj = ctx.find_root().obj
     if not isinstance(obj, AppContext):
         obj = AppContext()
         ctx.find_root().obj = obj
+    if json_output:
+        obj.json_output = True
+        obj.renderer.json_output = True
     return obj

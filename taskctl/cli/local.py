@@ -12,32 +12,66 @@ from typing import Annotated
 
 import typer
 
-from taskctl.cli.context import app_context
-from taskctl.errors import NotFoundError, OperationFailed, UnavailableError
+from taskctl.cli.context import JsonOutput, app_context
+from taskctl.errors import NotFoundError, OperationFailed
 
 app = typer.Typer(
-    help="Run the embedded local cloud (Pub/Sub, Functions, Logging, Storage).",
+    help="Run the embedded local cloud (Pub/Sub, Functions, Logging, Storage).\n\n"
+    "Example: taskctl local up --detach",
     no_args_is_help=True,
 )
 
 
-def _state_dir(ctx: typer.Context, state_dir: Path | None) -> tuple[Path, int]:
-    context = app_context(ctx)
-    settings = context.settings(state_dir=state_dir)
+def _state_dir(
+    ctx: typer.Context, state_dir: Path | None, port: int | None = None
+) -> tuple[Path, int]:
+    settings = app_context(ctx).settings(state_dir=state_dir, port=port)
     return settings.state_dir, settings.port
+
+
+def _down_hint(directory: Path) -> str:
+    default = _default_state_dir()
+    suffix = "" if directory == default else f" --state-dir {directory}"
+    return f"stop it with 'taskctl local down{suffix}'"
+
+
+def _default_state_dir() -> Path:
+    from taskctl.settings import Settings
+
+    return Settings().state_dir
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise OperationFailed(
+                f"port {port} on {host} is already in use",
+                hint="pick another with --port (0 picks a free one) or stop what uses it",
+            ) from None
 
 
 @app.command()
 def up(
     ctx: typer.Context,
+    json_output: JsonOutput = False,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in the background.")
     ] = False,
     state_dir: Annotated[
-        Path | None, typer.Option(help="Where state is kept (default .taskctl).")
+        Path | None,
+        typer.Option(metavar="DIR", help="Where state is kept (default .taskctl)."),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="gRPC port on 127.0.0.1 (0 picks a free one).")
+        int | None,
+        typer.Option(
+            metavar="PORT", help="gRPC port on 127.0.0.1 (0 picks a free one)."
+        ),
     ] = None,
 ) -> None:
     """Start the local cloud on 127.0.0.1, in the foreground or detached.
@@ -45,21 +79,23 @@ def up(
     Example: taskctl local up --detach
     """
     from taskctl.localcloud import process
+    from taskctl.localcloud.server import LOOPBACK
 
-    directory, default_port = _state_dir(ctx, state_dir)
-    chosen_port = default_port if port is None else port
+    directory, chosen_port = _state_dir(ctx, state_dir, port)
     existing = process.running(directory)
     if existing is not None:
         raise OperationFailed(
-            f"a local cloud already runs for {directory} (pid {existing.pid}, {existing.grpc_endpoint})",
-            hint="stop it with 'taskctl local down'",
+            f"a local cloud already runs for {directory} (pid {existing.pid}, "
+            f"{existing.grpc_endpoint})",
+            hint=_down_hint(directory),
         )
-    renderer = app_context(ctx).renderer
+    _check_port_free(LOOPBACK, chosen_port)
+    renderer = app_context(ctx, json_output).renderer
     if detach:
         try:
             _, info = process.spawn(directory, chosen_port)
         except process.StartError as error:
-            raise UnavailableError(str(error)) from None
+            raise OperationFailed(str(error)) from None
         renderer.local_status(_status_of(directory))
         return
 
@@ -74,14 +110,12 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
     try:
         info = cloud.start()
-    except OSError as error:
+    except (OSError, RuntimeError) as error:
         cloud.stop()
-        raise UnavailableError(
+        raise OperationFailed(
             f"cannot start the local cloud: {error}", hint="pick another --port"
         ) from None
-    renderer.info(
-        f"local cloud listening on {info.grpc_endpoint} (loopback only); Ctrl-C stops it"
-    )
+    renderer.info(f"listening on {info.grpc_endpoint}; press Ctrl-C to stop")
     try:
         cloud.wait()
     except KeyboardInterrupt:
@@ -109,8 +143,10 @@ def _status_of(directory: Path) -> dict[str, object]:
 @app.command()
 def status(
     ctx: typer.Context,
+    json_output: JsonOutput = False,
     state_dir: Annotated[
-        Path | None, typer.Option(help="State directory of the local cloud.")
+        Path | None,
+        typer.Option(metavar="DIR", help="State directory of the local cloud."),
     ] = None,
 ) -> None:
     """Say whether the local cloud runs, and where it listens.
@@ -121,7 +157,7 @@ def status(
     """
     directory, _ = _state_dir(ctx, state_dir)
     result = _status_of(directory)
-    app_context(ctx).renderer.local_status(result)
+    app_context(ctx, json_output).renderer.local_status(result)
     if not result["running"]:
         raise typer.Exit(3)
 
@@ -129,8 +165,10 @@ def status(
 @app.command()
 def down(
     ctx: typer.Context,
+    json_output: JsonOutput = False,
     state_dir: Annotated[
-        Path | None, typer.Option(help="State directory of the local cloud.")
+        Path | None,
+        typer.Option(metavar="DIR", help="State directory of the local cloud."),
     ] = None,
 ) -> None:
     """Stop a detached local cloud; its state stays in the state directory.
@@ -148,21 +186,25 @@ def down(
             f"the local cloud (pid {info.pid}) did not stop within 20 s",
             hint=f"kill {info.pid}",
         )
-    app_context(ctx).renderer.info(f"stopped the local cloud (pid {info.pid})")
+    app_context(ctx, json_output).renderer.info(
+        f"stopped the local cloud (pid {info.pid})"
+    )
 
 
 @app.command()
 def env(
     ctx: typer.Context,
+    json_output: JsonOutput = False,
     state_dir: Annotated[
-        Path | None, typer.Option(help="State directory of the local cloud.")
+        Path | None,
+        typer.Option(metavar="DIR", help="State directory of the local cloud."),
     ] = None,
 ) -> None:
     """Print the variables that point Google's client libraries at the local cloud.
 
     Example: eval "$(taskctl local env)"
     """
-    context = app_context(ctx)
+    context = app_context(ctx, json_output)
     settings = context.settings(state_dir=state_dir)
     from taskctl.localcloud import process
 
@@ -188,11 +230,13 @@ def env(
 @app.command()
 def emails(
     ctx: typer.Context,
+    json_output: JsonOutput = False,
     limit: Annotated[
         int, typer.Option(min=1, help="Show at most this many messages, newest first.")
     ] = 20,
     state_dir: Annotated[
-        Path | None, typer.Option(help="State directory of the local cloud.")
+        Path | None,
+        typer.Option(metavar="DIR", help="State directory of the local cloud."),
     ] = None,
 ) -> None:
     """List the mail that functions sent to the local cloud's SMTP sink.
@@ -205,4 +249,34 @@ def emails(
     from taskctl.localcloud.smtp import list_mail
 
     directory, _ = _state_dir(ctx, state_dir)
-    app_context(ctx).renderer.local_emails(list_mail(directory, limit=limit))
+    app_context(ctx, json_output).renderer.local_emails(
+        list_mail(directory, limit=limit)
+    )
+
+
+@app.command()
+def upload(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The file to upload.")],
+    url: Annotated[
+        str, typer.Argument(metavar="gs://BUCKET/OBJECT", help="Where to put it.")
+    ],
+    json_output: JsonOutput = False,
+) -> None:
+    """Upload a file to the local cloud's Cloud Storage (the bucket is created if
+    missing), for example an image a process_image task names.
+
+    Example: taskctl local upload examples/images/harbour.jpg gs://taskctl-demo-images/uploads/harbour.jpg
+    """
+    from taskctl.errors import UsageError
+    from taskctl.objects import upload as upload_file
+
+    context = app_context(ctx, json_output)
+    settings = context.settings()
+    if not settings.local:
+        raise UsageError(
+            "taskctl local upload writes to the local cloud only",
+            hint="use 'gcloud storage cp' for a Google Cloud project",
+        )
+    result = upload_file(context.clients(settings), file, url)
+    context.renderer.uploaded(result)

@@ -120,20 +120,23 @@ class LocalCloud:
         self._stopped.wait()
 
     def stop(self) -> None:
+        """Stop every service that was started; safe after a failed start."""
         if self._stopped.is_set():
             return
         log.info("local cloud stopping")
-        self.functions.stop()
-        # End open log tails first, so the gRPC grace period does not wait on them.
-        self.logging.tails.close()
+        functions = getattr(self, "functions", None)
+        if functions is not None:
+            functions.stop()
+        logging_service = getattr(self, "logging", None)
+        if logging_service is not None:
+            # End open log tails first, so the gRPC grace period does not wait on them.
+            logging_service.tails.close()
         if self._grpc is not None:
             self._grpc.stop(grace=2).wait()
-        self.pubsub.stop()
-        self.logging.stop()
-        self.firestore.stop()
-        self.http.stop()
-        self.storage.stop()
-        self.smtp.stop()
+        for name in ("pubsub", "logging", "firestore", "http", "storage", "smtp"):
+            service = getattr(self, name, None)
+            if service is not None:
+                service.stop()
         (self.state_dir / RUNTIME_FILE).unlink(missing_ok=True)
         self._stopped.set()
         log.info("local cloud stopped")

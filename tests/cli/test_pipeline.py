@@ -152,7 +152,7 @@ def test_dry_run_plans_without_changing(
 def test_out_of_range_flag_exits_2(pipeline: dict[str, Any]) -> None:
     result = run(pipeline, "provision", "--ack-deadline", "5")
     assert result.code == 2
-    assert "ack_deadline is 5 s, outside the allowed range 10 to 600 s" in result.stderr
+    assert "ack_deadline is 5s, outside the allowed range 10s to 10m" in result.stderr
     assert result.stderr.count("\n") == 1
 
 

@@ -103,11 +103,11 @@ def test_relative_paths_follow_config_file(tmp_path: Path) -> None:
         ),
         (
             {"min_backoff": -1},
-            "min_backoff is -1 s, outside the allowed range 0 to 600 s",
+            "min_backoff is -1s, outside the allowed range 0s to 10m",
         ),
         (
             {"max_backoff": 601},
-            "max_backoff is 601 s, outside the allowed range 0 to 600 s",
+            "max_backoff is 601s, outside the allowed range 0s to 10m",
         ),
         (
             {"min_backoff": 30, "max_backoff": 20},
@@ -115,19 +115,19 @@ def test_relative_paths_follow_config_file(tmp_path: Path) -> None:
         ),
         (
             {"ack_deadline": 9},
-            "ack_deadline is 9 s, outside the allowed range 10 to 600 s",
+            "ack_deadline is 9s, outside the allowed range 10s to 10m",
         ),
         (
             {"ack_deadline": 601},
-            "ack_deadline is 601 s, outside the allowed range 10 to 600 s",
+            "ack_deadline is 601s, outside the allowed range 10s to 10m",
         ),
         (
             {"function": {"timeout": 541}},
-            "function.timeout is 541 s, outside the allowed range 1 to 540 s",
+            "function.timeout is 541s, outside the allowed range 1s to 9m",
         ),
         (
             {"retention": 599},
-            "retention is 599 s, outside the allowed range 600 to 2678400 s",
+            "retention is 599s, outside the allowed range 10m to 31d",
         ),
         ({"function": {"memory": "512MB"}}, "invalid function.memory '512MB'"),
         ({"function": {"name": "Bad_Name"}}, "invalid function.name 'Bad_Name'"),
@@ -177,3 +177,22 @@ def test_example_config_loads() -> None:
     for profile in ("local", "prod"):
         loaded = settings.load(config_path=example, profile=profile, environ={})
         assert loaded.profile == profile
+
+
+def test_unknown_environment_variable_rejected(tmp_path: Path) -> None:
+    with pytest.raises(
+        UsageError, match="unknown environment variable TASKCTL_MAX_ATTEMPTS"
+    ):
+        settings.load(environ={"TASKCTL_MAX_ATTEMPTS": "5"}, cwd=tmp_path)
+
+
+def test_invalid_local_flag_rejected(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="invalid TASKCTL_LOCAL 'maybe'"):
+        settings.load(environ={"TASKCTL_LOCAL": "maybe"}, cwd=tmp_path)
+
+
+def test_format_duration_units() -> None:
+    assert settings.format_duration(600) == "10m"
+    assert settings.format_duration(90) == "90s"
+    assert settings.format_duration(86400 * 31) == "31d"
+    assert settings.format_duration(0) == "0s"
