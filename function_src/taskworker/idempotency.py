@@ -24,10 +24,7 @@ handler again.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
-import re
-import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +32,7 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
+from taskworker import firestore_db
 from taskworker.failures import TransientError
 from taskworker.structured_log import TaskLogger
 
@@ -53,13 +51,6 @@ RETENTION = datetime.timedelta(days=7)
 
 PROCESSING = "processing"
 DONE = "done"
-
-# Document IDs may not contain "/", be "." or "..", or match __.*__, and are at
-# most 1,500 bytes. Keys outside this safe pattern are hashed instead.
-_SAFE_DOCUMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
-
-_client_lock = threading.Lock()
-_client: firestore.Client | None = None
 
 
 class LeaseHeldError(TransientError):
@@ -85,7 +76,7 @@ class Claim:
                     "completed_at": firestore.SERVER_TIMESTAMP,
                     "lease_expires_at": firestore.DELETE_FIELD,
                 },
-                option=_client_or_create().write_option(
+                option=firestore_db.client().write_option(
                     last_update_time=self.update_time
                 ),
             )
@@ -111,7 +102,7 @@ class Claim:
         """Delete this run's record, so a redelivery runs the handler again."""
         try:
             self.reference.delete(
-                option=_client_or_create().write_option(
+                option=firestore_db.client().write_option(
                     last_update_time=self.update_time
                 )
             )
@@ -141,8 +132,10 @@ def claim(key: str, *, task_type: str, message_id: str) -> Claim:
     Raises LeaseHeldError while another run's lease is live, and lets Firestore
     errors other than ALREADY_EXISTS through (they are transient).
     """
-    client = _client_or_create()
-    reference = client.collection(collection_name()).document(document_id(key))
+    client = firestore_db.client()
+    reference = client.collection(collection_name()).document(
+        firestore_db.document_id(key)
+    )
     record = _new_record(key, task_type=task_type, message_id=message_id)
     try:
         result = reference.create(record)
@@ -235,23 +228,10 @@ def _new_record(key: str, *, task_type: str, message_id: str) -> dict[str, Any]:
     }
 
 
-def document_id(key: str) -> str:
-    """Return the record's document ID: the key itself when it is a safe ID."""
-    if _SAFE_DOCUMENT_ID.match(key) and not (
-        key.startswith("__") and key.endswith("__")
-    ):
-        return key
-    return "sha256-" + hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
 def collection_name() -> str:
     """Return the collection for records, from IDEMPOTENCY_COLLECTION if set."""
     name = os.environ.get(COLLECTION_ENV, "").strip() or DEFAULT_COLLECTION
-    if (
-        "/" in name
-        or name in (".", "..")
-        or (name.startswith("__") and name.endswith("__"))
-    ):
+    if not firestore_db.is_collection_id(name):
         raise TransientError(f"{COLLECTION_ENV}={name!r} is not a collection ID")
     return name
 
@@ -264,14 +244,3 @@ def function_timeout_seconds() -> int:
     if not value.isdigit() or int(value) < 1:
         raise TransientError(f"{TIMEOUT_ENV}={value!r} is not a positive whole number")
     return int(value)
-
-
-def _client_or_create() -> firestore.Client:
-    # One client per process, because it owns a gRPC channel and is thread-safe.
-    # With FIRESTORE_EMULATOR_HOST set it uses anonymous credentials and the
-    # project from GOOGLE_CLOUD_PROJECT.
-    global _client
-    with _client_lock:
-        if _client is None:
-            _client = firestore.Client()
-        return _client
