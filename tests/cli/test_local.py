@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+from taskctl.localcloud.runtime import RuntimeInfo
 from tests.cli.helpers import taskctl
 
 
@@ -100,3 +101,54 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     debug = taskctl("--debug", "logs", env=env, cwd=tmp_path)
     assert debug.code == 3
     assert "Traceback" in debug.stderr
+
+
+def test_local_upload_creates_bucket(
+    local_cloud: RuntimeInfo, tmp_path: Path, unique: str
+) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.storage import Client
+
+    env = {"TASKCTL_STATE_DIR": local_cloud.state_dir}
+    image = Path(__file__).resolve().parents[2] / "examples" / "images" / "harbour.jpg"
+    url = f"gs://upload-{unique}/uploads/harbour.jpg"
+    result = taskctl(
+        "--json", "local", "upload", str(image), url, env=env, cwd=tmp_path
+    )
+    assert result.code == 0, result.stderr
+    uploaded = result.json()
+    assert uploaded["bucket_created"] is True
+    assert uploaded["content_type"] == "image/jpeg"
+
+    storage = Client(
+        project="taskctl-local",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": local_cloud.storage_endpoint},
+    )
+    blob = storage.bucket(f"upload-{unique}").get_blob("uploads/harbour.jpg")
+    assert blob is not None
+    assert blob.download_as_bytes() == image.read_bytes()
+
+    again = taskctl("--json", "local", "upload", str(image), url, env=env, cwd=tmp_path)
+    assert again.json()["bucket_created"] is False
+
+
+def test_local_upload_rejects_bad_input(
+    local_cloud: RuntimeInfo, tmp_path: Path
+) -> None:
+    env = {"TASKCTL_STATE_DIR": local_cloud.state_dir}
+    bad_url = taskctl(
+        "local", "upload", __file__, "s3://bucket/key", env=env, cwd=tmp_path
+    )
+    assert bad_url.code == 2
+    assert "invalid Cloud Storage URL 's3://bucket/key'" in bad_url.stderr
+    missing = taskctl(
+        "local",
+        "upload",
+        str(tmp_path / "absent.jpg"),
+        "gs://bucket-x/a.jpg",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert missing.code == 3
+    assert "not found" in missing.stderr
