@@ -132,3 +132,46 @@ def test_sigkill_stops_instances(
     while answers_http(function.service_config.uri) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not answers_http(function.service_config.uri)
+
+
+def test_restart_aborts_interrupted_deploy(
+    start_cloud: Callable[[], tuple[Clients, RuntimeInfo]], tmp_path: Path
+) -> None:
+    clients, info = start_cloud()
+    topic = clients.publisher.topic_path(PROJECT, "interrupted-tasks")
+    clients.publisher.create_topic(name=topic)
+    # The import sleeps, so the deploy waits in its SERVICE stage when killed.
+    slow_import = "import time\ntime.sleep(60)\n" + RECORDING_FUNCTION
+    source = upload(clients.functions, make_zip({"main.py": slow_import}))
+    operation = clients.functions.create_function(
+        parent=PARENT,
+        function=event_function(source, topic, tmp_path / "out"),
+        function_id="interrupted-fn",
+    )
+    name = f"{PARENT}/functions/interrupted-fn"
+    service_stage = functions_v2.Stage.Name.SERVICE
+    in_progress = functions_v2.Stage.State.IN_PROGRESS
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        operation.done()  # refreshes the metadata
+        states = {stage.name: stage.state for stage in operation.metadata.stages}
+        if states.get(service_stage) == in_progress:
+            break
+        time.sleep(0.1)
+    assert states.get(service_stage) == in_progress
+    os.kill(info.pid, signal.SIGKILL)
+
+    clients, _ = start_cloud()
+    finished = clients.functions._transport.operations_client.get_operation(
+        operation.operation.name
+    )
+    function = clients.functions.get_function(name=name)
+
+    assert finished.done
+    assert finished.error.code == grpc.StatusCode.ABORTED.value[0]
+    assert function.state == functions_v2.Function.State.FAILED
+    assert (
+        "stopped before this operation finished" in function.state_messages[0].message
+    )
+    revisions = tmp_path / "state" / "functions" / PROJECT / "us-central1"
+    assert list((revisions / "interrupted-fn").iterdir()) == []

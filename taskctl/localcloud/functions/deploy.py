@@ -594,6 +594,26 @@ class Deployer:
 
     # ----- start and stop of the local cloud ----------------------------------
 
+    def discard_leftovers(self, record: FunctionRecord) -> None:
+        """Remove the trigger and files of a deploy the local cloud's exit cut short."""
+        current_trigger = record.function.event_trigger.trigger
+        for trigger in self._store.triggers_of(record.name):
+            if trigger.name == current_trigger:
+                continue
+            log.warning(
+                "deleting trigger=%s left by an interrupted deploy of function=%s",
+                trigger.name,
+                record.name,
+            )
+            self._delete_trigger(trigger.name, trigger.transport.pubsub.subscription)
+
+        function_dir = self._revision_dir(parse_function(record.name), "")
+        if not function_dir.is_dir():
+            return
+        for revision_dir in function_dir.iterdir():
+            if str(revision_dir) != record.source_dir:
+                shutil.rmtree(revision_dir, ignore_errors=True)
+
     def resume(self, record: FunctionRecord) -> None:
         """Start an ACTIVE function's current revision again after a restart."""
         name = parse_function(record.name)

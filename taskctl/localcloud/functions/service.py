@@ -212,7 +212,9 @@ class FunctionsService:
                 type_="OperationAborted",
                 message=message,
             )
-            self._store.save(record.evolve(function=function, operation=""))
+            updated = record.evolve(function=function, operation="")
+            self._store.save(updated)
+            self._deployer.discard_leftovers(updated)
 
     def stop(self) -> None:
         self._deployer.stop_all(SHUTDOWN_GRACE_SECONDS)

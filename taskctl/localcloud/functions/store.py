@@ -177,6 +177,12 @@ class FunctionStore:
         with self._db.transaction() as conn:
             conn.execute("DELETE FROM triggers WHERE name = ?", (name,))
 
+    def triggers_of(self, function_name: str) -> list[Any]:
+        rows = self._db.query(
+            "SELECT body FROM triggers WHERE function_name = ?", (function_name,)
+        )
+        return [Trigger.FromString(row["body"]) for row in rows]
+
     def get_trigger(self, name: str) -> Any:
         rows = self._db.query("SELECT body FROM triggers WHERE name = ?", (name,))
         if not rows:

@@ -25,7 +25,8 @@ MAX_MEMORY_BYTES = 32 * 1024**3
 
 _Runtime = types.ListRuntimesResponse.Runtime
 _Stage = types.ListRuntimesResponse.RuntimeStage
-# The Python runtimes. Every one runs on the local cloud's own interpreter.
+# The Python runtimes, all run by the local cloud's own interpreter.
+# NOTE: the stages of python38 and python39 are the local cloud's assumption.
 RUNTIMES: list[tuple[str, str, int]] = [
     ("python38", "Python 3.8", _Stage.DECOMMISSIONED),
     ("python39", "Python 3.9", _Stage.DEPRECATED),
