@@ -24,6 +24,9 @@ PERMANENT_ERROR = "permanent_error"
 # The SMTP server rejected every recipient, or the message itself, with 5xx.
 RECIPIENT_REJECTED = "recipient_rejected"
 MESSAGE_REJECTED = "message_rejected"
+# A sync source returned a 4xx status, or a response that breaks its contract.
+SOURCE_REJECTED = "source_rejected"
+INVALID_SOURCE_RESPONSE = "invalid_source_response"
 
 
 class TransientError(Exception):
