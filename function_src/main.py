@@ -1,6 +1,6 @@
 """The taskctl worker: a CloudEvent function fed by a Pub/Sub push subscription.
 
-Each invocation ends in one of three ways:
+Each invocation ends in one of four ways:
 
 - success: the function returns, functions-framework responds with 200 and Pub/Sub
   acknowledges the message.
@@ -9,10 +9,9 @@ Each invocation ends in one of three ways:
 - permanent failure: the original message is published to DEAD_LETTER_TOPIC with the
   reason in ``taskctl_*`` attributes, then the function returns, so the message is
   neither retried nor lost. If that publish fails, the function raises instead.
-
-Before the handler runs, the task's key (its task_id) is claimed in Firestore, so a
-duplicate delivery or a replay of a task that already succeeded returns at once with
-outcome ``duplicate`` (see taskworker/idempotency.py).
+- duplicate: the task's key (its task_id) is already done, so the function returns
+  without running the handler. The key is claimed in Firestore before the handler
+  runs (see taskworker/idempotency.py).
 """
 
 from __future__ import annotations

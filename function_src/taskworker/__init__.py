@@ -1,4 +1,4 @@
-"""The worker's machinery: message decoding, outcomes, logging and dead-lettering.
+"""The worker's machinery: decoding, outcomes, logging, dead-letters, idempotency.
 
 Task handlers live in the ``handlers`` package next to this one.
 """
