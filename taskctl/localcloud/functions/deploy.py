@@ -13,17 +13,14 @@ import random
 import shutil
 import string
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.cloud.eventarc_v1.types import trigger as trigger_types
 from google.cloud.functions_v2.types import functions as types
-from google.protobuf import empty_pb2, timestamp_pb2
-from google.pubsub_v1.types import pubsub as pubsub_types
+from google.protobuf import empty_pb2
 
 from taskctl.localcloud.errors import ServiceError
 from taskctl.localcloud.functions.instance import (
@@ -34,6 +31,11 @@ from taskctl.localcloud.functions.instance import (
 )
 from taskctl.localcloud.functions.names import FunctionName, parse_function
 from taskctl.localcloud.functions.operations import OperationStore
+from taskctl.localcloud.functions.progress import (
+    DeployError,
+    Progress,
+    now_timestamp,
+)
 from taskctl.localcloud.functions.pubsub_bridge import PubSubBridge
 from taskctl.localcloud.functions.source import (
     SourceError,
@@ -42,113 +44,17 @@ from taskctl.localcloud.functions.source import (
     unpack,
 )
 from taskctl.localcloud.functions.store import FunctionRecord, FunctionStore
-from taskctl.localcloud.functions.validation import PUBSUB_EVENT_TYPE
-from taskctl.localcloud.resourcemanager import project_number
+from taskctl.localcloud.functions.triggers import Triggers, default_service_account
 
 log = logging.getLogger("taskctl.localcloud.functions")
 
 _Function = types.Function.pb()
 _Stage = types.Stage.Name
 _State = types.Function.State
-_RetryPolicy = types.EventTrigger.RetryPolicy
-
-# The subscription Eventarc creates for a Pub/Sub trigger. Eventarc documents
-# the 24 h retention and the absence of a dead-letter policy. The 10 s to 600 s
-# backoff is the retry window Google describes for gen2 functions. The 600 s
-# ack deadline, which is also the push request timeout, is the local cloud's
-# choice, so a function may run for its 540 s maximum before a push fails.
-TRIGGER_ACK_DEADLINE_SECONDS = 600
-TRIGGER_RETENTION_SECONDS = 24 * 3600
-TRIGGER_MIN_BACKOFF_SECONDS = 10
-TRIGGER_MAX_BACKOFF_SECONDS = 600
-
-
-def now_timestamp() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 def _random_lowercase(length: int) -> str:
     return "".join(random.choices(string.ascii_lowercase, k=length))
-
-
-def _random_digits(length: int) -> str:
-    return "".join(random.choices(string.digits, k=length))
-
-
-def new_metadata(
-    target: str, verb: str, operation_type: int, request: Any, stages: list[int]
-) -> Any:
-    metadata = types.OperationMetadata.pb()(
-        create_time=now_timestamp(),
-        target=target,
-        verb=verb,
-        api_version="v2",
-        operation_type=operation_type,
-    )
-    metadata.request_resource.Pack(request)
-    for stage in stages:
-        metadata.stages.add(name=stage, state=types.Stage.State.NOT_STARTED)
-    return metadata
-
-
-class DeployError(Exception):
-    """A deploy step failed; ``code`` becomes the operation's error code."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Progress:
-    """The metadata of one running operation, saved at every stage change."""
-
-    def __init__(self, operations: OperationStore, name: str, metadata: Any) -> None:
-        self._operations = operations
-        self.name = name
-        self.metadata = metadata
-
-    def _stage(self, stage_name: int) -> Any:
-        for stage in self.metadata.stages:
-            if stage.name == stage_name:
-                return stage
-        return self.metadata.stages.add(name=stage_name)
-
-    def begin(self, stage_name: int, message: str = "") -> None:
-        stage = self._stage(stage_name)
-        stage.state = types.Stage.State.IN_PROGRESS
-        stage.message = message
-        self._operations.update_metadata(self.name, self.metadata)
-
-    def complete(
-        self, stage_name: int, resource: str = "", resource_uri: str = ""
-    ) -> None:
-        stage = self._stage(stage_name)
-        stage.state = types.Stage.State.COMPLETE
-        stage.message = ""
-        stage.resource = resource
-        stage.resource_uri = resource_uri
-        self._operations.update_metadata(self.name, self.metadata)
-
-    def succeed(self, response: Any) -> None:
-        self.metadata.end_time.CopyFrom(now_timestamp())
-        self._operations.succeed(self.name, self.metadata, response)
-
-    def fail(self, code: grpc.StatusCode, message: str) -> None:
-        for stage in self.metadata.stages:
-            if stage.state == types.Stage.State.IN_PROGRESS:
-                stage.state = types.Stage.State.COMPLETE
-                stage.message = message
-                stage.state_messages.add(
-                    severity=types.StateMessage.Severity.ERROR,
-                    type_="DeployError",
-                    message=message,
-                )
-        self.metadata.end_time.CopyFrom(now_timestamp())
-        self.metadata.status_detail = message
-        self._operations.fail(self.name, self.metadata, code, message)
 
 
 @dataclass
@@ -207,7 +113,7 @@ class Deployer:
         self._store = store
         self._operations = operations
         self._uploads = uploads
-        self._bridge = bridge
+        self._triggers = Triggers(store, bridge)
         self._host = host
         self._grpc_endpoint = grpc_endpoint
         self._storage_endpoint = storage_endpoint
@@ -375,11 +281,13 @@ class Deployer:
             if same_trigger:
                 # Repointing keeps the subscription, so settings added to it after
                 # the first deploy (dead-letter and retry policy) survive.
-                self._bridge.set_push_endpoint(record.subscription, endpoint)
+                self._triggers.repoint(record.subscription, endpoint)
                 deployment.trigger_name = current.event_trigger.trigger
                 deployment.subscription = record.subscription
             else:
-                self._create_trigger(name, desired, deployment, endpoint)
+                created = self._triggers.create(name, desired, endpoint)
+                deployment.trigger_name, deployment.subscription = created
+                deployment.created_trigger = True
         except ServiceError as error:
             raise DeployError(
                 error.code,
@@ -387,69 +295,8 @@ class Deployer:
             ) from error
         desired.event_trigger.trigger = deployment.trigger_name
         if not desired.event_trigger.service_account_email:
-            desired.event_trigger.service_account_email = self._default_account(name)
+            desired.event_trigger.service_account_email = default_service_account(name)
         progress.complete(_Stage.TRIGGER, deployment.trigger_name)
-
-    @staticmethod
-    def _default_account(name: FunctionName) -> str:
-        return f"{project_number(name.project)}-compute@developer.gserviceaccount.com"
-
-    def _create_trigger(
-        self, name: FunctionName, desired: Any, deployment: _Deployment, endpoint: str
-    ) -> None:
-        trigger_id = f"{name.function_id}-{_random_digits(6)}"
-        trigger_name = f"{name.parent.name}/triggers/{trigger_id}"
-        subscription_name = (
-            f"projects/{name.project}/subscriptions/"
-            f"eventarc-{name.location}-{trigger_id}-sub-{_random_digits(3)}"
-        )
-        trigger = desired.event_trigger
-        subscription = pubsub_types.Subscription.pb()(
-            name=subscription_name,
-            topic=trigger.pubsub_topic,
-            push_config=pubsub_types.PushConfig.pb()(push_endpoint=endpoint),
-            ack_deadline_seconds=TRIGGER_ACK_DEADLINE_SECONDS,
-        )
-        subscription.message_retention_duration.FromSeconds(TRIGGER_RETENTION_SECONDS)
-        subscription.retry_policy.minimum_backoff.FromSeconds(
-            TRIGGER_MIN_BACKOFF_SECONDS
-        )
-        subscription.retry_policy.maximum_backoff.FromSeconds(
-            TRIGGER_MAX_BACKOFF_SECONDS
-        )
-        self._bridge.create_subscription(
-            subscription,
-            retry_failed_pushes=trigger.retry_policy == _RetryPolicy.RETRY_POLICY_RETRY,
-        )
-        deployment.subscription = subscription_name
-        deployment.trigger_name = trigger_name
-        deployment.created_trigger = True
-
-        created = now_timestamp()
-        eventarc_trigger = trigger_types.Trigger.pb()(
-            name=trigger_name,
-            uid=str(uuid.uuid4()),
-            service_account=trigger.service_account_email
-            or self._default_account(name),
-            labels={"goog-managed-by": "cloudfunctions"},
-            event_data_content_type="application/json",
-            etag=uuid.uuid4().hex,
-        )
-        eventarc_trigger.create_time.CopyFrom(created)
-        eventarc_trigger.update_time.CopyFrom(created)
-        eventarc_trigger.event_filters.add(attribute="type", value=PUBSUB_EVENT_TYPE)
-        eventarc_trigger.destination.cloud_run.service = name.function_id
-        eventarc_trigger.destination.cloud_run.region = name.location
-        eventarc_trigger.destination.cloud_run.path = "/"
-        eventarc_trigger.transport.pubsub.topic = trigger.pubsub_topic
-        eventarc_trigger.transport.pubsub.subscription = subscription_name
-        self._store.put_trigger(eventarc_trigger, desired.name)
-        log.info(
-            "trigger=%s created with subscription=%s on topic=%s",
-            trigger_name,
-            subscription_name,
-            trigger.pubsub_topic,
-        )
 
     def _commit(
         self,
@@ -495,7 +342,7 @@ class Deployer:
     ) -> None:
         """Remove what the replaced revision used once the new one serves."""
         if record.subscription and record.subscription != deployment.subscription:
-            self._delete_trigger(
+            self._triggers.delete(
                 record.function.event_trigger.trigger, record.subscription
             )
         old_dir = Path(record.source_dir) if record.source_dir else None
@@ -507,19 +354,6 @@ class Deployer:
                 shutil.rmtree(old_dir, ignore_errors=True)
 
         self.run_in_background(f"retire-{record.revision_name}", stop_previous)
-
-    def _delete_trigger(self, trigger_name: str, subscription: str) -> None:
-        try:
-            self._bridge.delete_subscription(subscription)
-        except ServiceError as error:
-            log.error(
-                "deleting subscription=%s of trigger=%s failed: %s",
-                subscription,
-                trigger_name,
-                error.message,
-            )
-        if trigger_name:
-            self._store.delete_trigger(trigger_name)
 
     def _fail(
         self,
@@ -534,7 +368,7 @@ class Deployer:
         if deployment.instance is not None:
             deployment.instance.kill()
         if deployment.created_trigger:
-            self._delete_trigger(deployment.trigger_name, deployment.subscription)
+            self._triggers.delete(deployment.trigger_name, deployment.subscription)
         shutil.rmtree(deployment.source_dir, ignore_errors=True)
 
         with self._lock:
@@ -572,7 +406,7 @@ class Deployer:
             if record.function.HasField("event_trigger"):
                 progress.begin(_Stage.TRIGGER, "deleting the trigger")
                 if record.subscription:
-                    self._delete_trigger(
+                    self._triggers.delete(
                         record.function.event_trigger.trigger, record.subscription
                     )
                 progress.complete(_Stage.TRIGGER)
@@ -605,7 +439,7 @@ class Deployer:
                 trigger.name,
                 record.name,
             )
-            self._delete_trigger(trigger.name, trigger.transport.pubsub.subscription)
+            self._triggers.delete(trigger.name, trigger.transport.pubsub.subscription)
 
         function_dir = self._revision_dir(parse_function(record.name), "")
         if not function_dir.is_dir():
@@ -629,7 +463,7 @@ class Deployer:
         try:
             instance.start(self._ready_timeout)
             if record.subscription and instance.port != record.port:
-                self._bridge.set_push_endpoint(record.subscription, instance.url + "/")
+                self._triggers.repoint(record.subscription, instance.url + "/")
         except (InstanceError, ServiceError) as error:
             message = getattr(error, "message", None) or str(error)
             log.error("restarting function=%s failed: %s", record.name, message)

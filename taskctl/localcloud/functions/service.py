@@ -21,7 +21,7 @@ from google.longrunning import operations_pb2
 
 from taskctl.localcloud.db import Database
 from taskctl.localcloud.errors import ServiceError, invalid_argument
-from taskctl.localcloud.functions.deploy import Deployer, Progress, new_metadata
+from taskctl.localcloud.functions.deploy import Deployer
 from taskctl.localcloud.functions.names import (
     check_function_id,
     check_trigger_name,
@@ -29,6 +29,7 @@ from taskctl.localcloud.functions.names import (
     parse_location,
 )
 from taskctl.localcloud.functions.operations import OperationsService, OperationStore
+from taskctl.localcloud.functions.progress import Progress, new_metadata
 from taskctl.localcloud.functions.pubsub_bridge import PubSubBridge
 from taskctl.localcloud.functions.source import UPLOAD_PATH_PREFIX, UploadStore
 from taskctl.localcloud.functions.store import FunctionRecord, FunctionStore
