@@ -538,7 +538,13 @@ def invalid_requests() -> dict[
     def set_reserved_variable(function: functions_v2.Function) -> None:
         function.service_config.environment_variables["K_SERVICE"] = "x"
 
+    def set_secret(function: functions_v2.Function) -> None:
+        function.service_config.secret_environment_variables.append(
+            functions_v2.SecretEnvVar(key="TOKEN", secret="token", version="1")
+        )
+
     return {
+        "secret": ("secret_environment_variables", set_secret),
         "runtime": ("runtime", set_runtime),
         "memory": ("available_memory", set_memory),
         "timeout": ("timeout_seconds", set_timeout),

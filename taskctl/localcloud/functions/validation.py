@@ -151,6 +151,13 @@ def _check_service_config(config: Any, *, event_driven: bool) -> None:
         )
     if config.max_instance_count < 0 or config.min_instance_count < 0:
         raise invalid_argument("instance counts in service_config must not be negative")
+    # Running without the secrets would hide the problem until the function
+    # reads them, so the deploy is rejected up front.
+    if config.secret_environment_variables or config.secret_volumes:
+        raise invalid_argument(
+            "service_config.secret_environment_variables and secret_volumes are not "
+            "supported by the local cloud; pass such values as environment_variables"
+        )
 
     for key in config.environment_variables:
         if not _ENVIRONMENT_KEY.match(key):
