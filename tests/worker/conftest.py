@@ -111,11 +111,14 @@ class WorkerProcess:
         with self._lock:
             return list(self._stderr)
 
-    def log_lines(self, message_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    def log_lines(
+        self, message_id: str, timeout: float = 5.0, min_outcomes: int = 1
+    ) -> list[dict[str, Any]]:
         """Return the JSON log lines for ``message_id``, up to its outcome line.
 
         The worker writes its lines before it responds, but the reader thread may
-        not have read them yet, so this waits up to ``timeout`` for an outcome.
+        not have read them yet, so this waits up to ``timeout`` for at least
+        ``min_outcomes`` outcome lines (one per delivery of the message).
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -125,9 +128,23 @@ class WorkerProcess:
             lines = [
                 entry for entry in entries if entry.get("message_id") == message_id
             ]
-            if any("outcome" in line for line in lines) or time.monotonic() > deadline:
+            outcomes = sum(1 for line in lines if "outcome" in line)
+            if outcomes >= min_outcomes or time.monotonic() > deadline:
                 return lines
             time.sleep(0.02)
+
+    def deliver(
+        self, body: dict[str, Any], message_id: str
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """POST ``body`` as a CloudEvent; return the status and this delivery's lines.
+
+        Earlier deliveries of the same message ID must have finished.
+        """
+        earlier = self.log_lines(message_id, timeout=0, min_outcomes=0)
+        done_before = sum(1 for line in earlier if "outcome" in line)
+        response = self.post_event(body, message_id)
+        lines = self.log_lines(message_id, min_outcomes=done_before + 1)
+        return response.status_code, lines[len(earlier) :]
 
     def post_event(
         self,

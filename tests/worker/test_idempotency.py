@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import importlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,9 @@ from google.cloud import firestore
 from taskctl.localcloud.children import free_port
 from taskctl.localcloud.server import RuntimeInfo
 from taskctl.localcloud.smtp import SmtpSink, list_mail
+from tests.conftest import PROJECT
 from tests.worker.conftest import (
+    FUNCTION_SOURCE,
     DeadLetterTopic,
     WorkerProcess,
     encode_task,
@@ -51,8 +54,7 @@ def message_id_header(key: str) -> str:
 def deliver(
     worker: WorkerProcess, task: dict[str, Any], message_id: str
 ) -> tuple[int, list[dict[str, Any]]]:
-    response = worker.post_event(push_body(encode_task(task), message_id), message_id)
-    return response.status_code, worker.log_lines(message_id)
+    return worker.deliver(push_body(encode_task(task), message_id), message_id)
 
 
 def outcomes(lines: list[dict[str, Any]]) -> list[str]:
@@ -101,13 +103,18 @@ def test_same_event_twice_sends_once(
     task = email_task(task_id)
 
     first_status, first_lines = deliver(worker, task, message_id)
-    second_status, _ = deliver(worker, task, message_id)
+    second_status, second_lines = deliver(worker, task, message_id)
 
     assert first_status == 200
     assert second_status == 200
     assert outcomes(first_lines) == ["success"]
+    assert outcomes(second_lines) == ["duplicate"]
+    assert second_lines[-1]["severity"] == "INFO"
     # log_lines() returns every line for the message ID, from both deliveries.
-    assert outcomes(worker.log_lines(message_id)) == ["success", "duplicate"]
+    assert outcomes(worker.log_lines(message_id, min_outcomes=2)) == [
+        "success",
+        "duplicate",
+    ]
     assert len(mail_with_message_id(local_cloud, message_id_header(task_id))) == 1
     stored = record(firestore_client, task_id)
     assert stored is not None
@@ -190,7 +197,10 @@ def test_transient_failure_then_success(
     assert "connecting to SMTP server" in first_lines[-1]["error"]
     assert released is None
     assert second_status == 200
-    assert outcomes(worker.log_lines(message_id)) == ["transient_failure", "success"]
+    assert outcomes(worker.log_lines(message_id, min_outcomes=2)) == [
+        "transient_failure",
+        "success",
+    ]
     assert [mail.message_id for mail in list_mail(tmp_path)] == [
         message_id_header(task_id)
     ]
@@ -255,7 +265,10 @@ def test_message_id_is_key_without_task_id(
     status, _ = deliver(worker, task, message_id)
 
     assert status == 200
-    assert outcomes(worker.log_lines(message_id)) == ["success", "duplicate"]
+    assert outcomes(worker.log_lines(message_id, min_outcomes=2)) == [
+        "success",
+        "duplicate",
+    ]
     assert len(mail_with_message_id(local_cloud, message_id_header(message_id))) == 1
     stored = record(firestore_client, message_id)
     assert stored is not None
@@ -390,3 +403,80 @@ def test_collection_from_environment(
     assert status == 200
     assert record(firestore_client, task_id, collection) is not None
     assert record(firestore_client, task_id) is None
+
+
+@pytest.fixture
+def idempotency_module(
+    local_cloud: RuntimeInfo, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """The worker's idempotency module, imported into this process."""
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", local_cloud.grpc_endpoint)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    monkeypatch.syspath_prepend(str(FUNCTION_SOURCE))
+    module = importlib.import_module("taskworker.idempotency")
+    firestore_db = importlib.import_module("taskworker.firestore_db")
+    # A fresh client, so it reads the variables set above.
+    monkeypatch.setattr(firestore_db, "_client", None)
+    yield module
+    if firestore_db._client is not None:
+        firestore_db._client.close()
+
+
+def claim_concurrently(module: Any, key: str, count: int) -> list[Any]:
+    barrier = threading.Barrier(count)
+
+    def attempt(number: int) -> Any:
+        barrier.wait()
+        try:
+            return module.claim(key, task_type="send_email", message_id=f"m{number}")
+        except Exception as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(attempt, range(count)))
+
+
+def test_simultaneous_creates_claim_once(idempotency_module: Any, unique: str) -> None:
+    results = claim_concurrently(idempotency_module, f"idem-race-{unique}", 8)
+
+    claims = [
+        result for result in results if isinstance(result, idempotency_module.Claim)
+    ]
+    errors = [result for result in results if isinstance(result, Exception)]
+    assert len(claims) == 1
+    assert claims[0].duplicate is False
+    assert len(errors) == 7
+    assert all(isinstance(error, idempotency_module.TransientError) for error in errors)
+
+
+def test_simultaneous_takeovers_claim_once(
+    idempotency_module: Any, firestore_client: firestore.Client, unique: str
+) -> None:
+    key = f"idem-takeover-race-{unique}"
+    claimed_at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    firestore_client.collection(COLLECTION).document(key).create(
+        {
+            "key": key,
+            "status": "processing",
+            "claim_id": "killed-run",
+            "claimed_at": claimed_at,
+            "lease_expires_at": claimed_at + datetime.timedelta(seconds=70),
+            "attempts": 1,
+        }
+    )
+
+    results = claim_concurrently(idempotency_module, key, 6)
+
+    claims = [
+        result for result in results if isinstance(result, idempotency_module.Claim)
+    ]
+    errors = [result for result in results if isinstance(result, Exception)]
+    assert len(claims) == 1
+    assert claims[0].duplicate is False
+    assert len(errors) == 5
+    # Losers either saw the winner's fresh lease or lost the commit race.
+    assert all(isinstance(error, idempotency_module.TransientError) for error in errors)
+    stored = record(firestore_client, key)
+    assert stored is not None
+    assert stored["claim_id"] == claims[0].claim_id
+    assert stored["attempts"] == 2

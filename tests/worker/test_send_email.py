@@ -55,10 +55,9 @@ def read_eml(local_cloud: RuntimeInfo, task_id: str) -> tuple[Any, EmailMessage]
 def deliver(
     worker: WorkerProcess, task: dict[str, Any], message_id: str
 ) -> tuple[int, dict[str, Any]]:
-    response = worker.post_event(push_body(encode_task(task), message_id), message_id)
-    lines = worker.log_lines(message_id)
+    status, lines = worker.deliver(push_body(encode_task(task), message_id), message_id)
     assert lines, f"no log lines for {message_id}"
-    return response.status_code, lines[-1]
+    return status, lines[-1]
 
 
 def test_send_email_multipart_headers(

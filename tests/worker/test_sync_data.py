@@ -106,10 +106,9 @@ def sync_task(task_id: str, **payload: Any) -> dict[str, Any]:
 def deliver(
     worker: WorkerProcess, task: dict[str, Any], message_id: str
 ) -> tuple[int, dict[str, Any]]:
-    response = worker.post_event(push_body(encode_task(task), message_id), message_id)
-    lines = worker.log_lines(message_id)
+    status, lines = worker.deliver(push_body(encode_task(task), message_id), message_id)
     assert lines, f"no log lines for {message_id}"
-    return response.status_code, lines[-1]
+    return status, lines[-1]
 
 
 def documents(client: firestore.Client, collection: str) -> dict[str, dict[str, Any]]:
