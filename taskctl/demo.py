@@ -49,6 +49,21 @@ class DemoEvent:
     record: logs.LogRecord | None = None
 
 
+@dataclass(frozen=True)
+class DemoEmail:
+    recipients: tuple[str, ...]
+    subject: str
+    file: str
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    path: str
+    record_count: int
+    total_amount: float
+    days: int
+
+
 @dataclass
 class DemoSummary:
     published: int = 0
@@ -61,6 +76,8 @@ class DemoSummary:
     failing_task_succeeded: bool = False
     outputs: list[str] = field(default_factory=list)
     output_dir: str | None = None
+    emails: list[DemoEmail] = field(default_factory=list)
+    reports: list[DemoReport] = field(default_factory=list)
     state_dir: str | None = None
     elapsed_seconds: float = 0.0
 
@@ -73,6 +90,8 @@ class DemoSummary:
             and self.replayed == 1
             and self.failing_task_succeeded
             and self.succeeded == self.published
+            and bool(self.emails)
+            and bool(self.reports)
         )
 
 
@@ -84,6 +103,28 @@ def sample_image() -> Path:
     return (
         Path(__file__).resolve().parent.parent / "examples" / "images" / "harbour.jpg"
     )
+
+
+def sample_orders() -> Path:
+    return Path(__file__).resolve().parent.parent / "examples" / "orders.json"
+
+
+def seed_orders(clients: Clients, path: Path) -> int:
+    """Write the sample orders that the report task summarises into Firestore."""
+    import datetime
+
+    orders = json.loads(path.read_text())
+    batch = clients.firestore.batch()
+    for order in orders:
+        created = datetime.datetime.fromisoformat(
+            order["created_at"].replace("Z", "+00:00")
+        )
+        document = {**order, "created_at": created}
+        batch.set(
+            clients.firestore.collection("orders").document(order["id"]), document
+        )
+    batch.commit()
+    return len(orders)
 
 
 class LogWatcher:
@@ -136,7 +177,7 @@ class LogWatcher:
 def _failing_task(tasks: list[Task], uploaded: set[str]) -> Task:
     for task in tasks:
         payload = json.loads(task.data)["payload"]
-        if payload.get("source") not in uploaded:
+        if task.task_type == "process_image" and payload.get("source") not in uploaded:
             return task
     raise OperationFailed("the demo's task file has no task naming a missing image")
 
@@ -211,6 +252,8 @@ def _story(
     bucket.blob(SAMPLE_OBJECT).upload_from_filename(
         str(sample_image()), content_type="image/jpeg"
     )
+    order_count = seed_orders(clients, sample_orders())
+    step(f"Writing {order_count} sample orders to Firestore for the report task")
     failing = _failing_task(tasks, {SAMPLE_OBJECT})
     missing_object = json.loads(failing.data)["payload"]["source"]
     summary.failing_task_id = failing.task_id
@@ -239,12 +282,12 @@ def _story(
     watcher.poll()
     summary.dead_lettered = len(dead)
     summary.delivery_attempts = watcher.count(failing.task_id, "transient_failure")
-    count = dead[0].dead_letter.delivery_count
+    counted = dead[0].dead_letter.delivery_count
     on_event(
         DemoEvent(
             "note",
             f"dead-lettered after {summary.delivery_attempts} deliveries "
-            f"(Pub/Sub counted {count})",
+            f"(Pub/Sub counted {counted})",
         )
     )
 
@@ -270,7 +313,59 @@ def _story(
     for urls in watcher.outputs.values():
         for url in urls:
             summary.outputs.append(url)
+            if not url.startswith(f"gs://{BUCKET}/"):
+                continue
             name = url.removeprefix(f"gs://{BUCKET}/")
             target = output_dir / name.replace("/", "_")
             bucket.blob(name).download_to_filename(str(target))
     summary.output_dir = str(output_dir)
+    summary.emails = _emails(settings, output_dir)
+    summary.reports = _reports(clients, tasks)
+    for email in summary.emails:
+        on_event(
+            DemoEvent(
+                "note", f"mail to {', '.join(email.recipients)}: {email.subject!r}"
+            )
+        )
+    for report in summary.reports:
+        on_event(
+            DemoEvent(
+                "note",
+                f"report {report.path}: {report.record_count} orders over {report.days} "
+                f"days, total {report.total_amount}",
+            )
+        )
+
+
+def _emails(settings: settings_module.Settings, output_dir: Path) -> list[DemoEmail]:
+    """Return the mail the SMTP sink received, copying each message beside the images."""
+    from taskctl.localcloud.smtp import list_mail
+
+    emails = []
+    for number, mail in enumerate(list_mail(settings.state_dir), start=1):
+        copy = output_dir / f"email-{number}.eml"
+        shutil.copyfile(mail.path, copy)
+        emails.append(DemoEmail(tuple(mail.recipients), mail.subject or "", str(copy)))
+    return emails
+
+
+def _reports(clients: Clients, tasks: list[Task]) -> list[DemoReport]:
+    reports = []
+    for task in tasks:
+        if task.task_type != "generate_report":
+            continue
+        payload = json.loads(task.data)["payload"]
+        collection = payload.get("report_collection", "reports")
+        snapshot = clients.firestore.collection(collection).document(task.task_id).get()
+        if not snapshot.exists:
+            continue
+        report = snapshot.to_dict() or {}
+        reports.append(
+            DemoReport(
+                path=f"{collection}/{task.task_id}",
+                record_count=int(report.get("record_count", 0)),
+                total_amount=float(report.get("total_amount", 0)),
+                days=len(report.get("days", [])),
+            )
+        )
+    return reports

@@ -403,7 +403,24 @@ class Renderer:
         table.add_row(
             "replayed task succeeded", "yes" if summary.failing_task_succeeded else "no"
         )
-        table.add_row("resized images", "\n".join(summary.outputs) or "none")
+        images = [url for url in summary.outputs if url.startswith("gs://")]
+        table.add_row("resized images", "\n".join(images) or "none")
+        table.add_row(
+            "emails in the SMTP sink",
+            "\n".join(
+                f"{', '.join(mail.recipients)}: {mail.subject}"
+                for mail in summary.emails
+            )
+            or "none",
+        )
+        table.add_row(
+            "reports in Firestore",
+            "\n".join(
+                f"{report.path}: {report.record_count} orders, total {report.total_amount}"
+                for report in summary.reports
+            )
+            or "none",
+        )
         if summary.output_dir:
             table.add_row("copied to", summary.output_dir)
         if summary.state_dir:

@@ -181,6 +181,26 @@ class Clients:
         return ProjectsClient(transport=ProjectsGrpcTransport(channel=self.channel))
 
     @functools.cached_property
+    def firestore(self) -> Any:
+        from google.cloud.firestore import Client as FirestoreClient
+
+        if not self.is_local:
+            return FirestoreClient(project=self.settings.project)
+        # The client switches to an insecure channel with emulator credentials only
+        # when FIRESTORE_EMULATOR_HOST is set while it is built.
+        import os
+
+        previous = os.environ.get("FIRESTORE_EMULATOR_HOST")
+        os.environ["FIRESTORE_EMULATOR_HOST"] = self.endpoints.grpc_endpoint
+        try:
+            return FirestoreClient(project=self.settings.project)
+        finally:
+            if previous is None:
+                del os.environ["FIRESTORE_EMULATOR_HOST"]
+            else:
+                os.environ["FIRESTORE_EMULATOR_HOST"] = previous
+
+    @functools.cached_property
     def storage(self) -> StorageClient:
         from google.cloud.storage import Client as StorageClient
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.cli.helpers import taskctl
+import pytest
+
+from tests.cli.helpers import REPOSITORY, taskctl
 
 
 def test_demo_story_runs_end_to_end(tmp_path: Path) -> None:
@@ -12,8 +15,8 @@ def test_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert result.code == 0, result.stderr[-3000:]
     summary = result.json()
     assert summary["succeeded_story"] is True
-    assert summary["published"] == 4
-    assert summary["succeeded"] == 4
+    assert summary["published"] == 6
+    assert summary["succeeded"] == 6
     assert summary["dead_lettered"] == 1
     assert summary["replayed"] == 1
     assert summary["failing_task_id"] == "resize-lighthouse"
@@ -23,8 +26,26 @@ def test_demo_story_runs_end_to_end(tmp_path: Path) -> None:
         "gs://taskctl-demo-images/thumbnails/lighthouse_256x256.jpg"
         in summary["outputs"]
     )
+    images = [url for url in summary["outputs"] if url.startswith("gs://")]
     copied = sorted(path.name for path in Path(summary["output_dir"]).iterdir())
-    assert len(copied) == len(summary["outputs"])
+    assert len([name for name in copied if not name.endswith(".eml")]) == len(images)
+    [email] = summary["emails"]
+    assert email["recipients"] == ["ops@example.com"]
+    assert email["subject"] == "Your harbour thumbnails are ready"
+    assert (
+        Path(email["file"])
+        .read_text()
+        .count("Subject: Your harbour thumbnails are ready")
+        == 1
+    )
+    [report] = summary["reports"]
+    assert report["path"] == "reports/weekly-orders-report-2026-11-01"
+    assert report["days"] == 7
+    orders = json.loads((REPOSITORY / "examples" / "orders.json").read_text())
+    assert report["record_count"] == len(orders)
+    assert report["total_amount"] == pytest.approx(
+        sum(order["amount"] for order in orders)
+    )
     assert summary["state_dir"] is None
 
 
