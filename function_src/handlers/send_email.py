@@ -256,6 +256,10 @@ def _send(
     """
     try:
         client = _connect(settings)
+    except smtplib.SMTPNotSupportedError:
+        raise SmtpConfigurationError(
+            f"{_server(settings)} does not offer STARTTLS; set SMTP_TLS to match it"
+        ) from None
     except smtplib.SMTPException as error:
         # Includes a 5xx greeting: the server may accept mail again later.
         raise TransientError(
@@ -268,10 +272,17 @@ def _send(
 
     try:
         if settings.username:
-            client.login(settings.username, settings.password or "")
+            _login(client, settings)
         return client.send_message(
             message, from_addr=settings.sender.addr_spec, to_addrs=recipients
         )
+    except smtplib.SMTPNotSupportedError:
+        # send_message raises this when non-ASCII addresses need SMTPUTF8.
+        raise PermanentError(
+            f"{_server(settings)} does not support SMTPUTF8, which the message's "
+            "non-ASCII addresses need",
+            failures.MESSAGE_REJECTED,
+        ) from None
     except smtplib.SMTPRecipientsRefused as error:
         raise _recipients_failure(error.recipients) from None
     except smtplib.SMTPAuthenticationError as error:
@@ -287,6 +298,15 @@ def _send(
         ) from None
     finally:
         _close(client)
+
+
+def _login(client: smtplib.SMTP, settings: SmtpSettings) -> None:
+    try:
+        client.login(settings.username or "", settings.password or "")
+    except smtplib.SMTPNotSupportedError:
+        raise SmtpConfigurationError(
+            f"{_server(settings)} does not offer AUTH, but SMTP_USERNAME is set"
+        ) from None
 
 
 def _connect(settings: SmtpSettings) -> smtplib.SMTP:

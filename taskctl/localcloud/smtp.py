@@ -18,6 +18,7 @@ import email.parser
 import email.policy
 import json
 import logging
+import re
 import sqlite3
 import time
 import uuid
@@ -198,10 +199,13 @@ def _write_file(path: Path, content: bytes) -> None:
 
 def _read_headers(content: bytes) -> tuple[str | None, str | None]:
     """Return the Message-ID and the decoded Subject, or None for each one missing."""
+    # Headers are UTF-8 when the client used SMTPUTF8 (RFC 6532), and ASCII
+    # otherwise, which UTF-8 decoding keeps as it is.
+    header_block = re.split(rb"\r?\n\r?\n", content, maxsplit=1)[0]
     # compat32 keeps header values as raw strings, so a malformed header cannot
     # raise here, as it can with email.policy.default.
-    headers = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
-        content, headersonly=True
+    headers = email.parser.Parser(policy=email.policy.compat32).parsestr(
+        header_block.decode("utf-8", errors="replace"), headersonly=True
     )
     message_id = headers.get("Message-ID")
     subject = headers.get("Subject")

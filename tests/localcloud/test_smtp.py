@@ -281,3 +281,18 @@ def test_instance_environment_keeps_own_server(tmp_path: Path) -> None:
     assert environment["SMTP_HOST"] == "mail.example.com"
     assert environment["SMTP_TLS"] == "starttls"
     assert environment.get("SMTP_PORT") != "2525"
+
+
+def test_sink_reads_smtputf8_headers(sink: SmtpSink, tmp_path: Path) -> None:
+    message = EmailMessage()
+    message["From"] = "billing@example.com"
+    message["To"] = "jörg@münchen.example"
+    message["Subject"] = "Grüße aus Köln"
+    message.set_content("Hallo\n")
+
+    with smtplib.SMTP("127.0.0.1", sink.port, timeout=10) as client:
+        client.send_message(message)
+
+    stored = list_mail(tmp_path)
+    assert stored[0].subject == "Grüße aus Köln"
+    assert stored[0].recipients == ("jörg@münchen.example",)

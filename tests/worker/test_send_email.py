@@ -7,11 +7,13 @@ import email
 import email.policy
 import email.utils
 import hashlib
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from taskctl.localcloud.children import free_port
 from taskctl.localcloud.server import RuntimeInfo
@@ -298,3 +300,186 @@ def test_send_email_invalid_payload(
     assert final["failure_detail"].startswith(f"{field}:")
     assert "example.com" not in final["failure_detail"]
     assert mail_with_message_id(local_cloud, expected_message_id(task_id)) == []
+
+
+class ScriptedHandler:
+    """aiosmtpd hooks that reply to DATA with a fixed status line."""
+
+    def __init__(self, data_reply: str) -> None:
+        self.data_reply = data_reply
+        self.received: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply.startswith("250"):
+            self.received.append(envelope.original_content)
+        return self.data_reply
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[Any]:
+    """Start aiosmtpd servers of the test's own: ``start(handler, **options)``."""
+    controllers: list[Controller] = []
+
+    def start(handler: Any, **options: Any) -> int:
+        port = free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
+        controller.start()
+        controllers.append(controller)
+        return port
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+def test_send_email_non_ascii_address(
+    worker: WorkerProcess, local_cloud: RuntimeInfo, unique: str
+) -> None:
+    task_id = f"mail-utf8-{unique}"
+    task = email_task(task_id, to="Jörg <jörg@münchen.example>")
+
+    status, final = deliver(worker, task, f"msg-{task_id}")
+
+    assert status == 200, final
+    mail, parsed = read_eml(local_cloud, task_id)
+    assert mail.recipients == ("jörg@münchen.example",)
+    assert parsed["To"] == "Jörg <jörg@münchen.example>"
+
+
+def test_send_email_without_smtputf8_dead_lettered(
+    worker_factory,  # type: ignore[no-untyped-def]
+    dead_letter_topic: DeadLetterTopic,
+    smtp_server: Any,
+    unique: str,
+) -> None:
+    handler = ScriptedHandler("250 OK")
+    port = smtp_server(handler, enable_SMTPUTF8=False)
+    worker = worker_factory(dead_letter_topic.topic, SMTP_PORT=str(port))
+    task_id = f"mail-no-utf8-{unique}"
+
+    status, final = deliver(
+        worker, email_task(task_id, to="jörg@münchen.example"), f"msg-{task_id}"
+    )
+
+    assert status == 200
+    assert final["outcome"] == "permanent_failure"
+    assert final["failure_reason"] == "message_rejected"
+    assert "SMTPUTF8" in final["failure_detail"]
+    assert handler.received == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "status_code", "outcome"),
+    [
+        ("451 4.3.0 Try again later", 500, "transient_failure"),
+        ("554 5.6.0 Message content rejected", 200, "permanent_failure"),
+    ],
+    ids=["data_451", "data_554"],
+)
+def test_send_email_data_reply_classified(
+    worker_factory,  # type: ignore[no-untyped-def]
+    dead_letter_topic: DeadLetterTopic,
+    smtp_server: Any,
+    unique: str,
+    reply: str,
+    status_code: int,
+    outcome: str,
+) -> None:
+    port = smtp_server(ScriptedHandler(reply))
+    worker = worker_factory(dead_letter_topic.topic, SMTP_PORT=str(port))
+    task_id = f"mail-reply-{reply[:3]}-{unique}"
+
+    status, final = deliver(worker, email_task(task_id), f"msg-{task_id}")
+
+    assert status == status_code
+    assert final["outcome"] == outcome
+    if outcome == "permanent_failure":
+        assert final["failure_reason"] == "message_rejected"
+        assert "554" in final["failure_detail"]
+    else:
+        assert "451" in final["error"]
+
+
+def test_send_email_starttls_not_offered(
+    worker_factory,  # type: ignore[no-untyped-def]
+    dead_letter_topic: DeadLetterTopic,
+    unique: str,
+) -> None:
+    # The local cloud's sink offers no STARTTLS.
+    worker = worker_factory(dead_letter_topic.topic, SMTP_TLS="starttls")
+    task_id = f"mail-starttls-{unique}"
+
+    status, final = deliver(worker, email_task(task_id), f"msg-{task_id}")
+
+    assert status == 500
+    assert final["error_type"] == "SmtpConfigurationError"
+    assert "does not offer STARTTLS" in final["error"]
+
+
+def test_send_email_implicit_tls_fails_transiently(
+    worker_factory,  # type: ignore[no-untyped-def]
+    dead_letter_topic: DeadLetterTopic,
+    unique: str,
+) -> None:
+    # The sink speaks plain SMTP, so the TLS handshake fails.
+    worker = worker_factory(dead_letter_topic.topic, SMTP_TLS="tls")
+    task_id = f"mail-tls-{unique}"
+
+    status, final = deliver(worker, email_task(task_id), f"msg-{task_id}")
+
+    assert status == 500
+    assert final["outcome"] == "transient_failure"
+    assert final["error_type"] == "TransientError"
+    assert "(tls) failed" in final["error"]
+
+
+def test_send_email_auth_not_offered(
+    worker_factory,  # type: ignore[no-untyped-def]
+    dead_letter_topic: DeadLetterTopic,
+    smtp_server: Any,
+    unique: str,
+) -> None:
+    handler = ScriptedHandler("250 OK")
+    port = smtp_server(handler)
+    worker = worker_factory(
+        dead_letter_topic.topic,
+        SMTP_PORT=str(port),
+        SMTP_USERNAME="mailer",
+        SMTP_PASSWORD="secret",
+    )
+    task_id = f"mail-no-auth-{unique}"
+
+    status, final = deliver(worker, email_task(task_id), f"msg-{task_id}")
+
+    assert status == 500
+    assert final["error_type"] == "SmtpConfigurationError"
+    assert "does not offer AUTH" in final["error"]
+    assert handler.received == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("SMTP_TLS", "ssl", "SMTP_TLS='ssl' is invalid"),
+        ("SMTP_PORT", "70000", "SMTP_PORT='70000' is not a port number"),
+        ("SMTP_TIMEOUT_SECONDS", "-1", "SMTP_TIMEOUT_SECONDS='-1' is not a positive"),
+        ("MAIL_FROM", "not-an-address", "MAIL_FROM='not-an-address' is not an email"),
+    ],
+    ids=["tls_mode", "port", "timeout", "sender"],
+)
+def test_send_email_invalid_setting_returns_500(
+    worker_factory,  # type: ignore[no-untyped-def]
+    dead_letter_topic: DeadLetterTopic,
+    unique: str,
+    variable: str,
+    value: str,
+    expected: str,
+) -> None:
+    worker = worker_factory(dead_letter_topic.topic, **{variable: value})
+    task_id = f"mail-setting-{variable}-{unique}"
+
+    status, final = deliver(worker, email_task(task_id), f"msg-{task_id}")
+
+    assert status == 500
+    assert final["error_type"] == "SmtpConfigurationError"
+    assert expected in final["error"]
