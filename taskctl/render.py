@@ -319,10 +319,12 @@ class Renderer:
             "pid",
             "grpc_endpoint",
             "storage_endpoint",
+            "smtp_endpoint",
             "state_dir",
             "uptime_seconds",
         ):
-            table.add_row(key, str(status[key]))
+            if status.get(key) is not None:
+                table.add_row(key, str(status[key]))
         self.out.print(table)
 
     def local_env(self, variables: dict[str, str]) -> None:

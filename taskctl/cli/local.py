@@ -135,6 +135,7 @@ def _status_of(directory: Path) -> dict[str, object]:
         "pid": info.pid,
         "grpc_endpoint": info.grpc_endpoint,
         "storage_endpoint": info.storage_endpoint,
+        "smtp_endpoint": info.smtp_endpoint if info.smtp_port else None,
         "state_dir": info.state_dir,
         "uptime_seconds": round(time.time() - info.started_at),
     }

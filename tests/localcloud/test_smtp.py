@@ -296,3 +296,17 @@ def test_sink_reads_smtputf8_headers(sink: SmtpSink, tmp_path: Path) -> None:
     stored = list_mail(tmp_path)
     assert stored[0].subject == "Grüße aus Köln"
     assert stored[0].recipients == ("jörg@münchen.example",)
+
+
+def test_cli_status_shows_smtp_endpoint(
+    local_cloud: RuntimeInfo, tmp_path: Path
+) -> None:
+    env = {"TASKCTL_STATE_DIR": local_cloud.state_dir}
+
+    listed = taskctl("--json", "local", "status", env=env, cwd=tmp_path)
+    table = taskctl("local", "status", env=env, cwd=tmp_path)
+
+    assert listed.code == 0, listed.stderr
+    assert listed.json()["smtp_endpoint"] == local_cloud.smtp_endpoint
+    assert table.code == 0, table.stderr
+    assert local_cloud.smtp_endpoint in table.stdout
