@@ -9,7 +9,7 @@ The source API contract. Each page is a request::
 
     GET {source_url}?entity_type={entity_type}&page_size={page_size}[&cursor={cursor}]
     Accept: application/json
-    Idempotency-Key: {the task's idempotency key}
+    Idempotency-Key: {the task's idempotency key, hashed unless visible ASCII}
 
 The first request has no ``cursor``. A 200 response is a JSON object
 ``{"items": [{"id": "...", ...}, ...], "next_cursor": "..." or null}``. Each item
@@ -199,6 +199,18 @@ def progress_collection() -> str:
     return name
 
 
+def idempotency_header(key: str) -> str:
+    """Return the Idempotency-Key header value: the key, or its hash if unsafe.
+
+    Header values must be visible ASCII (RFC 9110 field values may hold other
+    octets, but servers differ on them), so any other key is sent as
+    ``sha256-`` and its hex digest.
+    """
+    if key.isascii() and key.isprintable() and key.strip() == key:
+        return key
+    return "sha256-" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
 def content_hash(item: dict[str, Any]) -> str:
     """Return the SHA-256 of the item's canonical JSON (sorted keys, no spaces)."""
     canonical = json.dumps(
@@ -249,7 +261,10 @@ def _fetch_page(
         response = session.get(
             job.source_url,
             params=params,
-            headers={"Accept": "application/json", "Idempotency-Key": idempotency_key},
+            headers={
+                "Accept": "application/json",
+                "Idempotency-Key": idempotency_header(idempotency_key),
+            },
             timeout=timeout,
         )
     except (requests.ConnectionError, requests.Timeout) as error:

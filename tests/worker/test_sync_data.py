@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -499,3 +500,18 @@ def test_sync_invalid_payload(
     assert final["outcome"] == "permanent_failure"
     assert final["failure_reason"] == "invalid_payload"
     assert final["failure_detail"].startswith(f"{field_name}:")
+
+
+def test_sync_hashes_non_ascii_key_header(
+    worker: WorkerProcess, source: SourceApi, unique: str
+) -> None:
+    task_id = f"sync/kunden/müller-{unique}"
+    task = sync_task(
+        task_id, source_url=source.url, entity_type="customer", collection="c"
+    )
+
+    status, _ = deliver(worker, task, f"msg-sync-non-ascii-{unique}")
+
+    assert status == 200
+    expected = "sha256-" + hashlib.sha256(task_id.encode()).hexdigest()
+    assert source.requests[0].headers["Idempotency-Key"] == expected
