@@ -112,6 +112,7 @@ class SmtpSink:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+            log.info("SMTP sink stopped")
         if self._db is not None:
             self._db.close()
             self._db = None
