@@ -59,7 +59,7 @@ def handle_task(cloud_event: CloudEvent) -> None:
         raise
     if result is None:
         log.info(
-            "task %s already done; duplicate delivery acknowledged",
+            "task %s already done, so this duplicate delivery is acknowledged",
             task.task_id,
             outcome="duplicate",
             duration_ms=_elapsed_ms(started),
