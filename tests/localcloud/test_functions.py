@@ -1138,3 +1138,54 @@ def test_list_triggers_includes_function_trigger(
     names = [trigger.name for trigger in eventarc.list_triggers(parent=PARENT)]
 
     assert function.event_trigger.trigger in names
+
+
+KILLING_FUNCTION = RECORDING_FUNCTION.replace(
+    '    if data == "fail":',
+    '    if data == "die":\n'
+    "        import signal\n\n"
+    "        os.kill(os.getppid(), signal.SIGKILL)  # the gunicorn master\n"
+    '    if data == "fail":',
+)
+
+
+def test_crashed_instance_restarts(
+    deploy: Deploy,
+    client: functions_v2.FunctionServiceClient,
+    publisher: Any,
+    topic: str,
+    function_id: str,
+    tmp_path: Path,
+) -> None:
+    out_file = tmp_path / "out"
+    source = upload(client, make_zip({"main.py": KILLING_FUNCTION}))
+    function, _ = deploy(
+        function_id, event_function(source, topic, out_file, retry=False)
+    )
+
+    publisher.publish(topic, b"die").result(timeout=30)
+    wait_for_records(out_file, 1)
+    # The instance that served "die" is gone once its port refuses connections.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(function.service_config.uri, timeout=2)
+        except requests.ConnectionError:
+            break
+        time.sleep(0.05)
+    restarted = False
+    while not restarted and time.monotonic() < deadline:
+        try:
+            requests.get(function.service_config.uri, timeout=2)
+            restarted = True
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    assert restarted, "the crashed instance was not started again on its port"
+
+    current = client.get_function(name=function.name)
+    assert current.state == functions_v2.Function.State.ACTIVE
+    publisher.publish(topic, b"after-crash").result(timeout=30)
+    records = wait_for_records(out_file, 2)
+    assert records[1]["data"] == "after-crash"
+    assert records[1]["K_REVISION"] == function.service_config.revision
+    assert current.service_config.uri == function.service_config.uri

@@ -13,6 +13,7 @@ import random
 import shutil
 import string
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ log = logging.getLogger("taskctl.localcloud.functions")
 _Function = types.Function.pb()
 _Stage = types.Stage.Name
 _State = types.Function.State
+
+
+# A revision whose process dies is started again after this delay, unless it
+# died more than MAX_CRASHES_IN_WINDOW times within CRASH_WINDOW_SECONDS.
+CRASH_RESTART_DELAY_SECONDS = 1.0
+CRASH_WINDOW_SECONDS = 60.0
+MAX_CRASHES_IN_WINDOW = 3
 
 
 def _random_lowercase(length: int) -> str:
@@ -123,6 +131,7 @@ class Deployer:
         self._instances: dict[str, Instance] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._crashes: dict[str, list[float]] = {}
 
     def run_in_background(self, name: str, work: Callable[[], None]) -> None:
         thread = threading.Thread(target=work, name=name, daemon=True)
@@ -240,7 +249,7 @@ class Deployer:
             max_instances=config.max_instance_count or MAX_LOCAL_WORKERS,
             environment_variables=dict(config.environment_variables),
         )
-        return Instance(
+        instance = Instance(
             spec,
             host=self._host,
             grpc_endpoint=self._grpc_endpoint,
@@ -249,6 +258,8 @@ class Deployer:
             preferred_port=preferred_port,
             smtp_port=self._smtp_port,
         )
+        instance.on_exit = self._instance_exited
+        return instance
 
     @staticmethod
     def _service_name(name: FunctionName) -> str:
@@ -265,6 +276,7 @@ class Deployer:
         progress.begin(_Stage.TRIGGER, "connecting the Pub/Sub trigger")
         assert deployment.instance is not None
         endpoint = deployment.instance.url + "/"
+
         current = record.function
         # NOTE: a changed retry_policy gets a new trigger and subscription, because
         # Pub/Sub's in-process API cannot change how an existing subscription
@@ -293,6 +305,7 @@ class Deployer:
                 error.code,
                 f"could not connect the trigger of {name.function_id}: {error.message}",
             ) from error
+
         desired.event_trigger.trigger = deployment.trigger_name
         if not desired.event_trigger.service_account_email:
             desired.event_trigger.service_account_email = default_service_account(name)
@@ -308,6 +321,7 @@ class Deployer:
         instance = deployment.instance
         assert instance is not None
         name = parse_function(record.name)
+
         desired.state = _State.ACTIVE
         del desired.state_messages[:]
         desired.update_time.CopyFrom(now_timestamp())
@@ -315,6 +329,7 @@ class Deployer:
         desired.service_config.revision = deployment.revision_name
         desired.service_config.uri = instance.url
         desired.url = instance.url
+
         updated = record.evolve(
             function=desired,
             revision=deployment.revision,
@@ -329,6 +344,7 @@ class Deployer:
             self._instances[record.name] = instance
         self._store.save(updated)
         progress.succeed(desired)
+
         log.info(
             "function=%s revision=%s active on %s",
             record.name,
@@ -448,8 +464,70 @@ class Deployer:
             if str(revision_dir) != record.source_dir:
                 shutil.rmtree(revision_dir, ignore_errors=True)
 
-    def resume(self, record: FunctionRecord) -> None:
-        """Start an ACTIVE function's current revision again after a restart."""
+    def _instance_exited(self, instance: Instance, code: int) -> None:
+        """Start a serving revision again when its process dies, as Cloud Run would."""
+        spec = instance.spec
+        name = FunctionName(spec.project, spec.location, spec.function_id).name
+        with self._lock:
+            if self._instances.get(name) is not instance:
+                return
+            now = time.monotonic()
+            recent = [
+                t for t in self._crashes.get(name, []) if now - t < CRASH_WINDOW_SECONDS
+            ]
+            recent.append(now)
+            self._crashes[name] = recent
+        log.error(
+            "instance revision=%s of function=%s exited with code %s%s",
+            spec.revision_name,
+            name,
+            code,
+            instance.recent_output(),
+        )
+        if len(recent) > MAX_CRASHES_IN_WINDOW:
+            self._mark_crash_looping(name, code)
+            return
+
+        def restart() -> None:
+            time.sleep(CRASH_RESTART_DELAY_SECONDS)
+            record = self._store.get(name)
+            if (
+                record is None
+                or record.operation
+                or record.revision_name != spec.revision_name
+            ):
+                return
+            self.resume(record, replacing=instance)
+
+        self.run_in_background(f"restart-{spec.revision_name}", restart)
+
+    def _mark_crash_looping(self, name: str, code: int) -> None:
+        record = self._store.get(name)
+        if record is None:
+            return
+        message = (
+            f"revision {record.revision_name} exited {MAX_CRASHES_IN_WINDOW + 1} times "
+            f"within {CRASH_WINDOW_SECONDS:.0f} s (last exit code {code}); the local "
+            "cloud stopped restarting it. Fix the function and deploy again"
+        )
+        log.error("function=%s: %s", name, message)
+        function = _Function()
+        function.CopyFrom(record.function)
+        function.state = _State.FAILED
+        function.state_messages.add(
+            severity=types.StateMessage.Severity.ERROR,
+            type_="CrashLoop",
+            message=message,
+        )
+        self._store.save(record.evolve(function=function))
+
+    def resume(self, record: FunctionRecord, replacing: Instance | None = None) -> None:
+        """Start an ACTIVE function's current revision again.
+
+        Used after a local cloud restart, and after the revision's process died,
+        when ``replacing`` is the dead instance. A replacement that lost a race
+        with a redeploy or delete is stopped again.
+        """
         name = parse_function(record.name)
         instance = self._new_instance(
             name,
@@ -479,7 +557,15 @@ class Deployer:
         function.service_config.uri = instance.url
         function.url = instance.url
         with self._lock:
-            self._instances[record.name] = instance
+            superseded = (
+                replacing is not None
+                and self._instances.get(record.name) is not replacing
+            )
+            if not superseded:
+                self._instances[record.name] = instance
+        if superseded:
+            instance.kill()
+            return
         self._store.save(record.evolve(function=function, port=instance.port))
         log.info(
             "function=%s revision=%s restarted on %s",

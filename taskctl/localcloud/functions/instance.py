@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import http.client
 import logging
 import os
+import signal
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -63,6 +66,9 @@ class InstanceSpec:
 
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # gunicorn binds with SO_REUSEADDR, so connections of an earlier
+        # instance in TIME_WAIT do not keep it from the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -98,6 +104,10 @@ class Instance:
         self._pumps: list[threading.Thread] = []
         self._recent: collections.deque[str] = collections.deque(maxlen=_RECENT_LINES)
         self._log_failures = 0
+        self._stopping = False
+        # Called with the instance and its exit code when a started instance
+        # exits without stop() or kill().
+        self.on_exit: Callable[[Instance, int], None] | None = None
 
     @property
     def url(self) -> str:
@@ -168,6 +178,9 @@ class Instance:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Its own process group, so _kill_group also reaches gunicorn's
+            # workers when the master is gone.
+            start_new_session=True,
         ).result()
         assert self._process.stdout is not None and self._process.stderr is not None
         for stream_name, stream in (
@@ -190,6 +203,25 @@ class Instance:
         )
         self._wait_ready(timeout)
         log.info("instance revision=%s ready on %s", spec.revision_name, self.url)
+        threading.Thread(
+            target=self._watch, name=f"watch-{spec.revision_name}", daemon=True
+        ).start()
+
+    def _watch(self) -> None:
+        assert self._process is not None
+        code = self._process.wait()
+        if not self._stopping:
+            # Workers of a master that died keep the port open until they notice.
+            self._kill_group()
+        self._join_pumps()
+        if not self._stopping and self.on_exit is not None:
+            self.on_exit(self, code)
+
+    def _kill_group(self) -> None:
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._process is not None
@@ -200,7 +232,7 @@ class Instance:
                 self._join_pumps()
                 raise InstanceError(
                     f"functions-framework exited with code {code} during start-up"
-                    f"{self._recent_output()}"
+                    f"{self.recent_output()}"
                 )
             if self._answers_http():
                 return
@@ -208,7 +240,7 @@ class Instance:
         self.kill()
         raise InstanceError(
             f"functions-framework did not respond to HTTP on port {self.port} within "
-            f"{timeout:.0f} s{self._recent_output()}"
+            f"{timeout:.0f} s{self.recent_output()}"
         )
 
     def _answers_http(self) -> bool:
@@ -222,7 +254,7 @@ class Instance:
         finally:
             connection.close()
 
-    def _recent_output(self) -> str:
+    def recent_output(self) -> str:
         if not self._recent:
             return " (no output)"
         return "; last output lines:\n" + "\n".join(self._recent)
@@ -263,6 +295,7 @@ class Instance:
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Send SIGTERM, so gunicorn finishes in-flight requests; kill after grace."""
+        self._stopping = True
         process = self._process
         if process is None:
             return
@@ -276,7 +309,7 @@ class Instance:
                     self.spec.revision_name,
                     grace,
                 )
-                process.kill()
+                self._kill_group()
                 process.wait()
         self._join_pumps()
         log.info(
@@ -286,7 +319,8 @@ class Instance:
         )
 
     def kill(self) -> None:
+        self._stopping = True
         if self._process is not None and self._process.poll() is None:
-            self._process.kill()
+            self._kill_group()
             self._process.wait()
         self._join_pumps()
