@@ -106,7 +106,7 @@ def sample_image() -> Path:
 
 
 def sample_orders() -> Path:
-    return Path(__file__).resolve().parent.parent / "examples" / "orders.json"
+    return Path(__file__).resolve().parent.parent / "examples" / "data" / "orders.json"
 
 
 def seed_orders(clients: Clients, path: Path) -> int:

@@ -41,7 +41,7 @@ def test_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     [report] = summary["reports"]
     assert report["path"] == "reports/weekly-orders-report-2026-11-01"
     assert report["days"] == 7
-    orders = json.loads((REPOSITORY / "examples" / "orders.json").read_text())
+    orders = json.loads((REPOSITORY / "examples" / "data" / "orders.json").read_text())
     assert report["record_count"] == len(orders)
     assert report["total_amount"] == pytest.approx(
         sum(order["amount"] for order in orders)
