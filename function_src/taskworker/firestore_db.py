@@ -6,7 +6,10 @@ import hashlib
 import re
 import threading
 
+from google.auth.exceptions import GoogleAuthError
 from google.cloud import firestore
+
+from taskworker.failures import TransientError
 
 # Firestore document IDs may not contain "/", be "." or "..", or match __.*__, and
 # are at most 1,500 bytes. Keys outside this narrower pattern are hashed instead.
@@ -33,7 +36,13 @@ def client() -> firestore.Client:
     global _client
     with _client_lock:
         if _client is None:
-            _client = firestore.Client(database=DATABASE)
+            try:
+                _client = firestore.Client(database=DATABASE)
+            except GoogleAuthError as error:
+                raise TransientError(
+                    f"no Firestore client: {error}; give the function a service "
+                    "account, or set FIRESTORE_EMULATOR_HOST for a local Firestore"
+                ) from error
         return _client
 
 
