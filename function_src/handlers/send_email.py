@@ -33,6 +33,7 @@ import email.errors
 import email.policy
 import email.utils
 import hashlib
+import math
 import os
 import smtplib
 import ssl
@@ -211,40 +212,49 @@ def smtp_settings() -> SmtpSettings:
         raise SmtpConfigurationError(
             f"SMTP_TLS={tls_mode!r} is invalid; use one of {', '.join(TLS_MODES)}"
         )
-    port_text = os.environ.get("SMTP_PORT", "").strip()
-    port = TLS_MODES[tls_mode]
-    if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise SmtpConfigurationError(
-                f"SMTP_PORT={port_text!r} is not a port number from 1 to 65535"
-            )
-        port = int(port_text)
-    timeout_text = os.environ.get("SMTP_TIMEOUT_SECONDS", "").strip()
-    timeout = DEFAULT_TIMEOUT_SECONDS
-    if timeout_text:
-        try:
-            timeout = float(timeout_text)
-        except ValueError:
-            timeout = 0.0
-        if not timeout > 0:
-            raise SmtpConfigurationError(
-                f"SMTP_TIMEOUT_SECONDS={timeout_text!r} is not a positive number"
-            )
+
     sender_text = os.environ.get("MAIL_FROM", "").strip() or DEFAULT_SENDER
     sender = parse_address(sender_text)
     if sender is None:
         raise SmtpConfigurationError(
             f"MAIL_FROM={sender_text!r} is not an email address"
         )
+
     return SmtpSettings(
         host=host,
-        port=port,
+        port=_port_setting(default=TLS_MODES[tls_mode]),
         tls_mode=tls_mode,
         username=os.environ.get("SMTP_USERNAME") or None,
         password=os.environ.get("SMTP_PASSWORD") or None,
         sender=sender,
-        timeout=timeout,
+        timeout=_timeout_setting(),
     )
+
+
+def _port_setting(default: int) -> int:
+    text = os.environ.get("SMTP_PORT", "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise SmtpConfigurationError(
+            f"SMTP_PORT={text!r} is not a port number from 1 to 65535"
+        )
+    return int(text)
+
+
+def _timeout_setting() -> float:
+    text = os.environ.get("SMTP_TIMEOUT_SECONDS", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = 0.0
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise SmtpConfigurationError(
+            f"SMTP_TIMEOUT_SECONDS={text!r} is not a positive, finite number"
+        )
+    return timeout
 
 
 def _send(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import urllib.parse
 from dataclasses import dataclass
@@ -462,6 +463,8 @@ def _timeout_seconds() -> float:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
-        raise TransientError(f"{TIMEOUT_ENV}={value!r} is not a positive number")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise TransientError(
+            f"{TIMEOUT_ENV}={value!r} is not a positive, finite number"
+        )
     return seconds

@@ -463,9 +463,10 @@ def test_send_email_auth_not_offered(
         ("SMTP_TLS", "ssl", "SMTP_TLS='ssl' is invalid"),
         ("SMTP_PORT", "70000", "SMTP_PORT='70000' is not a port number"),
         ("SMTP_TIMEOUT_SECONDS", "-1", "SMTP_TIMEOUT_SECONDS='-1' is not a positive"),
+        ("SMTP_TIMEOUT_SECONDS", "inf", "SMTP_TIMEOUT_SECONDS='inf' is not a positive"),
         ("MAIL_FROM", "not-an-address", "MAIL_FROM='not-an-address' is not an email"),
     ],
-    ids=["tls_mode", "port", "timeout", "sender"],
+    ids=["tls_mode", "port", "timeout", "infinite_timeout", "sender"],
 )
 def test_send_email_invalid_setting_returns_500(
     worker_factory,  # type: ignore[no-untyped-def]
