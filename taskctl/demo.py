@@ -29,7 +29,8 @@ BUCKET = "taskctl-demo-images"
 SAMPLE_OBJECT = "uploads/harbour.jpg"
 STEP_TIMEOUT = 90.0  # seconds any one stage of the story may take
 POLL_INTERVAL = 0.5
-# Short delays so the story takes about a minute; 1 s minimum backoff doubles to 4 s.
+# Short delays keep the story to about a minute: the 1 s minimum backoff doubles
+# up to 4 s.
 DEMO_OVERRIDES: dict[str, Any] = {
     "min_backoff": 1,
     "max_backoff": 4,

@@ -430,13 +430,10 @@ class Provisioner:
             )
         return subscription
 
-    def ensure_trigger_subscription(self, path: str) -> None:
+    def trigger_subscription_fields(self) -> dict[str, str]:
+        """Return the managed fields of the function's subscription, as desired."""
         settings = self.settings
-        with api_errors(f"reading subscription {path}"):
-            current = self.clients.subscriber.get_subscription(
-                request={"subscription": path}
-            )
-        desired = {
+        return {
             "dead_letter_policy.dead_letter_topic": settings.dead_letter_topic_path,
             "dead_letter_policy.max_delivery_attempts": str(
                 settings.max_delivery_attempts
@@ -446,42 +443,51 @@ class Provisioner:
             "ack_deadline_seconds": str(settings.ack_deadline),
             "message_retention_duration": f"{settings.retention}s",
         }
-        has_dead_letter = current.dead_letter_policy is not None and bool(
-            current.dead_letter_policy.dead_letter_topic
-        )
-        has_retry = "retry_policy" in current
-        actual = {
-            "dead_letter_policy.dead_letter_topic": current.dead_letter_policy.dead_letter_topic
+
+    @staticmethod
+    def actual_subscription_fields(current: Any) -> dict[str, str | None]:
+        """Return the same fields as they are on ``current`` (None when unset)."""
+        dead_letter = current.dead_letter_policy
+        has_dead_letter = bool(dead_letter.dead_letter_topic)
+        retry = current.retry_policy if "retry_policy" in current else None
+        return {
+            "dead_letter_policy.dead_letter_topic": dead_letter.dead_letter_topic
             if has_dead_letter
             else None,
             "dead_letter_policy.max_delivery_attempts": str(
-                current.dead_letter_policy.max_delivery_attempts
+                dead_letter.max_delivery_attempts
             )
             if has_dead_letter
             else None,
-            "retry_policy.minimum_backoff": f"{_seconds(current.retry_policy.minimum_backoff)}s"
-            if has_retry
+            "retry_policy.minimum_backoff": f"{_seconds(retry.minimum_backoff)}s"
+            if retry is not None
             else None,
-            "retry_policy.maximum_backoff": f"{_seconds(current.retry_policy.maximum_backoff)}s"
-            if has_retry
+            "retry_policy.maximum_backoff": f"{_seconds(retry.maximum_backoff)}s"
+            if retry is not None
             else None,
             "ack_deadline_seconds": str(current.ack_deadline_seconds),
             "message_retention_duration": f"{_seconds(current.message_retention_duration)}s",
         }
+
+    def ensure_trigger_subscription(self, path: str) -> None:
+        with api_errors(f"reading subscription {path}"):
+            current = self.clients.subscriber.get_subscription(
+                request={"subscription": path}
+            )
+        actual = self.actual_subscription_fields(current)
         changes = [
             Change(name, actual[name], value)
-            for name, value in desired.items()
+            for name, value in self.trigger_subscription_fields().items()
             if actual[name] != value
         ]
         note = "the subscription Eventarc created for the function's trigger"
-        if not changes:
-            self._record(PlanItem("subscription", path, "unchanged", note=note))
-            return
-        item = self._record(
-            PlanItem("subscription", path, "update", changes, note=note)
-        )
-        if not self._apply(item):
-            return
+        action: Action = "update" if changes else "unchanged"
+        item = self._record(PlanItem("subscription", path, action, changes, note=note))
+        if self._apply(item):
+            self.update_trigger_subscription(path, changes)
+
+    def update_trigger_subscription(self, path: str, changes: list[Change]) -> None:
+        settings = self.settings
         mask = sorted({change.field.split(".")[0] for change in changes})
         self._progress(f"updating subscription {path}")
         with api_errors(f"updating subscription {path}"):

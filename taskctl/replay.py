@@ -29,7 +29,7 @@ SOURCE_ATTRIBUTES = {
     "CloudPubSubDeadLetterSourceDeliveryErrorMessage": "taskctl_dead_letter_error_message",
 }
 PULL_BATCH = 100
-# How long one pull may wait for dead letters; an empty answer ends the run.
+# How long one pull may wait for dead letters; an empty response ends the run.
 PULL_WAIT = 5.0  # seconds
 PUBLISH_TIMEOUT = 60  # seconds
 
@@ -121,7 +121,8 @@ def replay(
     with api_errors(f"reading topic {topic}"):
         clients.publisher.get_topic(request={"topic": topic})
 
-    held: list[str] = []  # ack IDs handed back only at the end, so a run sees each once
+    # Ack IDs handed back only at the end, so one run handles each dead letter once.
+    held_ack_ids: list[str] = []
     seen: set[str] = set()
     # A task replayed by this run can fail again and come back as a new dead letter
     # before the run ends; it is left for the next run rather than counted twice.
@@ -138,7 +139,7 @@ def replay(
             for received in received_messages:
                 task_id = received.message.attributes.get("task_id")
                 if received.message.message_id in seen or task_id in replayed_tasks:
-                    held.append(received.ack_id)
+                    held_ack_ids.append(received.ack_id)
                 else:
                     fresh.append(received)
             # An empty pull, or one returning only messages this run already saw (a
@@ -153,12 +154,12 @@ def replay(
                     if item.dead_letter.task_id:
                         replayed_tasks.add(item.dead_letter.task_id)
                 else:
-                    held.append(received.ack_id)
+                    held_ack_ids.append(received.ack_id)
                 result.items.append(item)
                 if progress:
                     progress(item)
     finally:
-        _release(clients, subscription, held)
+        _release(clients, subscription, held_ack_ids)
     return result
 
 
