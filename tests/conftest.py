@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,9 @@ from taskctl.localcloud import process
 from taskctl.localcloud.runtime import RuntimeInfo
 
 PROJECT = "taskctl-test"
+
+# A client that finds no credentials must not probe the metadata server.
+os.environ.setdefault("NO_GCE_CHECK", "true")
 
 
 @pytest.fixture(scope="session")

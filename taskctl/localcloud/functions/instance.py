@@ -150,6 +150,10 @@ class Instance:
                 "FIRESTORE_EMULATOR_HOST": self._grpc_endpoint,
                 "STORAGE_EMULATOR_HOST": self._storage_endpoint,
                 "PYTHONUNBUFFERED": "1",
+                # Google's auth library would otherwise probe the metadata server
+                # when a client finds no credentials; nothing local should leave
+                # loopback.
+                "NO_GCE_CHECK": "true",
             }
         )
         return environment
