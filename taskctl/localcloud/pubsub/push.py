@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -95,16 +96,34 @@ class _Connections(threading.local):
         self.by_origin: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """The result of one POST, waiting for the dispatcher to store it."""
+
+    state: SubscriptionState
+    lease: Lease
+    acked: bool
+    description: str
+
+
 class PushDispatcher:
-    """One thread that leases due push messages and a pool that POSTs them."""
+    """One thread that leases due push messages and a pool that POSTs them.
+
+    The pool threads only send requests. They queue each result for the
+    dispatcher thread, which stores every queued ack and nack in one transaction
+    per kind and subscription before it frees their in-flight slots and leases
+    more. A push thus counts against the subscription's in-flight bound until
+    its outcome is committed.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._stopping = threading.Event()
         self._in_flight: dict[int, int] = {}
-        self._in_flight_lock = threading.Lock()
         self._failure_streaks: dict[int, int] = {}
         self._paused_until: dict[int, float] = {}
+        self._outcomes: list[_Outcome] = []
+        self._outcomes_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             MAX_PUSH_THREADS, thread_name_prefix="pubsub-push"
         )
@@ -121,11 +140,17 @@ class PushDispatcher:
         self.store.notify()
         self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        # Results that arrived after the last dispatch are still stored, unless
+        # the dispatcher thread is stuck. Pushes that finish later are not, so
+        # their leases end and the messages are delivered again after a restart.
+        if not self._thread.is_alive():
+            self._store_outcomes()
 
     def _run(self) -> None:
         generation = self.store.generation
         while not self._stopping.is_set():
             try:
+                self._store_outcomes()
                 wait = self._dispatch_once()
             except Exception:
                 log.exception("push dispatcher failed; retrying in 1 s")
@@ -139,9 +164,8 @@ class PushDispatcher:
         for state in list(self.store.subscriptions.values()):
             if not state.is_push:
                 continue
-            with self._in_flight_lock:
-                free = MAX_IN_FLIGHT_PER_SUBSCRIPTION - self._in_flight.get(state.id, 0)
-                paused_until = self._paused_until.get(state.id, 0.0)
+            free = MAX_IN_FLIGHT_PER_SUBSCRIPTION - self._in_flight.get(state.id, 0)
+            paused_until = self._paused_until.get(state.id, 0.0)
             if paused_until > now:
                 wait = min(wait, paused_until - now)
                 continue
@@ -149,10 +173,9 @@ class PushDispatcher:
                 continue
             leases = self.store.lease(state, free, state.proto.ack_deadline_seconds)
             if leases:
-                with self._in_flight_lock:
-                    self._in_flight[state.id] = self._in_flight.get(state.id, 0) + len(
-                        leases
-                    )
+                self._in_flight[state.id] = self._in_flight.get(state.id, 0) + len(
+                    leases
+                )
                 for lease in leases:
                     self._pool.submit(self._push, state, lease)
                 if len(leases) == free:
@@ -167,63 +190,85 @@ class PushDispatcher:
         message_id = lease.received.message.message_id
         try:
             status = self._post(state, lease)
-            outcome = f"status {status}"
-            acked = status in ACK_STATUSES
+            outcome = _Outcome(state, lease, status in ACK_STATUSES, f"status {status}")
         except (OSError, http.client.HTTPException, ValueError) as error:
             # ValueError: http.client rejects a header built from an attribute
             # that is not a valid HTTP header name or value.
-            outcome = f"error {error!r}"
-            acked = False
+            outcome = _Outcome(state, lease, False, f"error {error!r}")
         except Exception as error:
             log.exception("push of message %s to %s failed", message_id, state.name)
-            outcome = f"error {error!r}"
-            acked = False
-        try:
-            if acked:
-                self.store.acknowledge(state, [lease.ack_id])
+            outcome = _Outcome(state, lease, False, f"error {error!r}")
+        with self._outcomes_lock:
+            self._outcomes.append(outcome)
+        self.store.notify()
+
+    def _store_outcomes(self) -> None:
+        """Ack or nack the queued push results, then free their in-flight slots."""
+        with self._outcomes_lock:
+            outcomes, self._outcomes = self._outcomes, []
+        if not outcomes:
+            return
+        by_subscription: dict[int, list[_Outcome]] = {}
+        for outcome in outcomes:
+            by_subscription.setdefault(outcome.state.id, []).append(outcome)
+        for group in by_subscription.values():
+            state = group[0].state
+            try:
+                self._store_group(state, group)
+            except Exception:
+                log.exception(
+                    "recording the push outcomes of %s messages on %s failed",
+                    len(group),
+                    state.name,
+                )
+            self._in_flight[state.id] = self._in_flight.get(state.id, 0) - len(group)
+            for outcome in group:
+                # A dropped failure needs no pause, because nothing is retried.
+                self._record_outcome(
+                    state, outcome.acked or not state.retry_failed_pushes
+                )
+
+    def _store_group(self, state: SubscriptionState, group: list[_Outcome]) -> None:
+        acks = []
+        nacks = []
+        for outcome in group:
+            message_id = outcome.lease.received.message.message_id
+            if outcome.acked:
+                acks.append(outcome.lease.ack_id)
             elif not state.retry_failed_pushes:
                 log.info(
                     "push of message %s to subscription %s failed (%s); dropping it "
                     "because the subscription does not retry failed pushes",
                     message_id,
                     state.name,
-                    outcome,
+                    outcome.description,
                 )
-                self.store.acknowledge(state, [lease.ack_id])
+                acks.append(outcome.lease.ack_id)
             else:
                 log.info(
                     "push of message %s to subscription %s failed (%s); nacking it",
                     message_id,
                     state.name,
-                    outcome,
+                    outcome.description,
                 )
-                self.store.modify_ack_deadline(state, [lease.ack_id], 0)
-            # A failure that is dropped needs no pause, because nothing is retried.
-            self._record_outcome(state, acked or not state.retry_failed_pushes)
-        except Exception:
-            log.exception(
-                "recording the push outcome of message %s on %s failed",
-                message_id,
-                state.name,
-            )
-        finally:
-            with self._in_flight_lock:
-                self._in_flight[state.id] = self._in_flight.get(state.id, 1) - 1
-            self.store.notify()
+                nacks.append(outcome.lease.ack_id)
+        if acks:
+            self.store.acknowledge(state, acks)
+        if nacks:
+            self.store.modify_ack_deadline(state, nacks, 0)
 
     def _record_outcome(self, state: SubscriptionState, acked: bool) -> None:
-        with self._in_flight_lock:
-            if acked:
-                self._failure_streaks.pop(state.id, None)
-                self._paused_until.pop(state.id, None)
-                return
-            streak = self._failure_streaks.get(state.id, 0) + 1
-            self._failure_streaks[state.id] = streak
-            pause = min(
-                MAX_PUSH_PAUSE_SECONDS,
-                FIRST_PUSH_PAUSE_SECONDS * 2 ** min(streak - 1, 30),
-            )
-            self._paused_until[state.id] = time.time() + pause
+        if acked:
+            self._failure_streaks.pop(state.id, None)
+            self._paused_until.pop(state.id, None)
+            return
+        streak = self._failure_streaks.get(state.id, 0) + 1
+        self._failure_streaks[state.id] = streak
+        pause = min(
+            MAX_PUSH_PAUSE_SECONDS,
+            FIRST_PUSH_PAUSE_SECONDS * 2 ** min(streak - 1, 30),
+        )
+        self._paused_until[state.id] = time.time() + pause
 
     def _post(self, state: SubscriptionState, lease: Lease) -> int:
         endpoint = urlsplit(state.proto.push_config.push_endpoint)
