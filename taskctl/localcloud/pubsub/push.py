@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from taskctl.localcloud.pubsub.push_http import PushConnection
 from taskctl.localcloud.pubsub.store import Lease, Store, SubscriptionState
 
 log = logging.getLogger("taskctl.localcloud.pubsub")
@@ -90,10 +91,10 @@ def build_request(
 
 
 class _Connections(threading.local):
-    """Keep-alive HTTP connections of one push thread, by (scheme, host, port)."""
+    """Keep-alive connections of one push thread, by (scheme, host, port)."""
 
     def __init__(self) -> None:
-        self.by_origin: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+        self.by_origin: dict[tuple[str, str, int], PushConnection] = {}
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,8 @@ class PushDispatcher:
             status = self._post(state, lease)
             outcome = _Outcome(state, lease, status in ACK_STATUSES, f"status {status}")
         except (OSError, http.client.HTTPException, ValueError) as error:
-            # ValueError: http.client rejects a header built from an attribute
-            # that is not a valid HTTP header name or value.
+            # ValueError: the push client rejects a header built from an
+            # attribute that is not a valid HTTP header name or value.
             outcome = _Outcome(state, lease, False, f"error {error!r}")
         except Exception as error:
             log.exception("push of message %s to %s failed", message_id, state.name)
@@ -278,50 +279,31 @@ class PushDispatcher:
         path = endpoint.path or "/"
         if endpoint.query:
             path = f"{path}?{endpoint.query}"
-        for reused in (True, False):
-            connection = self._connection(origin, timeout, fresh=not reused)
-            try:
-                connection.request("POST", path, body=body, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                if response.will_close:
-                    connection.close()
-                    self._connections.by_origin.pop(origin, None)
-                return response.status
-            except (
-                http.client.RemoteDisconnected,
-                BrokenPipeError,
-                ConnectionResetError,
-            ):
-                # A kept-alive connection the server already closed: retry once
-                # on a fresh connection.
-                connection.close()
-                self._connections.by_origin.pop(origin, None)
-                if not reused:
-                    raise
-            except BaseException:
-                connection.close()
-                self._connections.by_origin.pop(origin, None)
-                raise
-        raise AssertionError("unreachable")
 
-    def _connection(
-        self, origin: tuple[str, str, int], timeout: float, *, fresh: bool
-    ) -> http.client.HTTPConnection:
-        connection = None if fresh else self._connections.by_origin.get(origin)
+        connection = self._connections.by_origin.get(origin)
         if connection is None:
-            scheme, host, port = origin
-            if scheme == "https":
-                connection = http.client.HTTPSConnection(
-                    host, port or 443, timeout=timeout
-                )
-            else:
-                connection = http.client.HTTPConnection(
-                    host, port or 80, timeout=timeout
-                )
+            connection = PushConnection(*origin)
             self._connections.by_origin[origin] = connection
-        else:
-            connection.timeout = timeout
-            if connection.sock is not None:
-                connection.sock.settimeout(timeout)
-        return connection
+        reused = connection.is_open
+
+        try:
+            return connection.post(path, headers, body, timeout)
+        except (
+            http.client.RemoteDisconnected,
+            BrokenPipeError,
+            ConnectionResetError,
+        ):
+            connection.close()
+            if not reused:
+                raise
+        except BaseException:
+            connection.close()
+            raise
+
+        # A kept-alive connection the server already closed: retry once on a
+        # fresh connection.
+        try:
+            return connection.post(path, headers, body, timeout)
+        except BaseException:
+            connection.close()
+            raise
