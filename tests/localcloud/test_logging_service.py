@@ -18,6 +18,8 @@ from google.cloud.logging_v2.services.logging_service_v2.transports import (
 from google.cloud.logging_v2.types import LogEntry, TailLogEntriesRequest
 from google.protobuf import struct_pb2
 
+from taskctl.localcloud.runtime import RuntimeInfo
+
 BASE_SECONDS = 1_700_000_000  # 2023-11-14T22:13:20Z
 
 
@@ -477,6 +479,82 @@ def test_list_rejects_invalid_filter(
         insert_ids(client, project, filter_)
 
     assert f"column {column}" in raised.value.message
+
+
+def test_list_regex_is_linear_time(fresh_local_cloud: RuntimeInfo, unique: str) -> None:
+    # A backtracking engine needs about 2**40 steps for this pattern on this
+    # text, so the request would time out and the server would stop responding.
+    # The server is the test's own so that such a failure stays in this test.
+    with grpc.insecure_channel(fresh_local_cloud.grpc_endpoint) as own_channel:
+        own_client = LoggingServiceV2Client(
+            transport=LoggingServiceV2GrpcTransport(channel=own_channel)
+        )
+        project = f"logs-{unique}"
+        write(
+            own_client,
+            project,
+            entry("catastrophic", 0, text_payload="a" * 40 + "!"),
+            entry("plain", 1, text_payload="aaaa"),
+        )
+        started = time.monotonic()
+
+        found = own_client.list_log_entries(
+            request={
+                "resource_names": [f"projects/{project}"],
+                "filter": 'textPayload=~"^(a+)+$"',
+            },
+            timeout=30,
+        )
+        matched = [item.insert_id for item in found]
+
+        assert matched == ["plain"]
+        assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(?=a)b",  # lookahead, which RE2 does not support
+        "(a)\\\\1",  # backreference
+        "(a",
+    ],
+)
+def test_list_rejects_non_re2_regex(
+    client: LoggingServiceV2Client, project: str, pattern: str
+) -> None:
+    filter_ = f'textPayload=~"{pattern}"'
+
+    with pytest.raises(exceptions.InvalidArgument) as raised:
+        insert_ids(client, project, filter_)
+
+    assert "invalid regular expression" in raised.value.message
+    assert "RE2" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("filter_", "column"),
+    [
+        ("(" * 300 + "a" + ")" * 300, 65),
+        ("NOT " * 3000 + "a", 257),
+        ("(-" * 100 + "a" + ")" * 100, 65),
+        ("textPayload=" + "(" * 100 + "x" + ")" * 100, 77),
+    ],
+    ids=["parentheses", "not", "minus", "value"],
+)
+def test_list_rejects_deep_nesting(
+    client: LoggingServiceV2Client, project: str, filter_: str, column: int
+) -> None:
+    with pytest.raises(exceptions.InvalidArgument) as raised:
+        insert_ids(client, project, filter_)
+
+    assert "64 levels" in raised.value.message
+    assert f"column {column}" in raised.value.message
+
+
+def test_list_accepts_max_nesting(client: LoggingServiceV2Client, sample: str) -> None:
+    nested = "(" * 34 + "NOT " * 30 + "severity>=ERROR" + ")" * 34
+
+    assert set(insert_ids(client, sample, nested)) == {"d", "e"}
 
 
 def test_list_logs_names_each_log(client: LoggingServiceV2Client, project: str) -> None:
