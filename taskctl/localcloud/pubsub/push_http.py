@@ -18,6 +18,7 @@ import io
 import re
 import socket
 import ssl
+from typing import Any
 
 # http.client's limits on a response's header lines.
 MAX_LINE_BYTES = 65536
@@ -56,6 +57,7 @@ class PushConnection:
             self._host_header = f"{host_name}:{self.port}"
         self._socket: socket.socket | None = None
         self._reader: io.BufferedReader | None = None
+        self._address: tuple[socket.AddressFamily, Any] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -90,7 +92,21 @@ class PushConnection:
         return self._read_response()
 
     def _connect(self, timeout: float) -> None:
-        sock = socket.create_connection((self.host, self.port), timeout)
+        if self._address is None:
+            sock = socket.create_connection((self.host, self.port), timeout)
+            self._address = (sock.family, sock.getpeername())
+        else:
+            # The address the last lookup led to, so a push does not pay for a
+            # name lookup. A failure drops it, so the next push looks up again.
+            family, address = self._address
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                self._address = None
+                raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.scheme == "https":
             context = ssl.create_default_context()
