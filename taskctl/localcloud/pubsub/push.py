@@ -84,7 +84,7 @@ def build_request(
                 "ce-source": f"//pubsub.googleapis.com/{state.proto.topic}",
                 "ce-type": CLOUD_EVENT_TYPE,
                 "ce-specversion": "1.0",
-                "ce-time": message.publish_time.ToJsonString(),
+                "ce-time": envelope["message"]["publishTime"],
             }
         )
     return headers, json.dumps(envelope).encode()
