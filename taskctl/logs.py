@@ -81,6 +81,10 @@ def parse_since(value: str, now: datetime.datetime | None = None) -> datetime.da
         return now - datetime.timedelta(seconds=parse_duration(value, "--since"))
     except UsageError:
         pass
+    except OverflowError:
+        raise UsageError(
+            f"invalid --since {value!r}: the duration reaches back before year 1"
+        ) from None
     try:
         moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -103,7 +107,9 @@ def normalise_severity(value: str) -> str:
 
 
 def _quote(value: str) -> str:
-    return json.dumps(value)
+    # ensure_ascii=False keeps non-ASCII characters as they are, because the
+    # Logging query language has no \\u escapes.
+    return json.dumps(value, ensure_ascii=False)
 
 
 def build_filter(settings: Settings, query: LogQuery) -> str:

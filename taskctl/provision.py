@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from taskctl import bundle
 from taskctl.errors import OperationFailed
-from taskctl.gcp.clients import Clients, api_errors
+from taskctl.gcp.clients import Clients, api_errors, one_line
 from taskctl.settings import Settings
 
 Action = Literal["create", "update", "unchanged", "pending"]
@@ -404,7 +404,9 @@ class Provisioner:
         from google.cloud import functions_v2
 
         if function.state != functions_v2.Function.State.ACTIVE:
-            messages = "; ".join(message.message for message in function.state_messages)
+            messages = "; ".join(
+                one_line(message.message) for message in function.state_messages
+            )
             raise OperationFailed(
                 f"function {function.name} is {function.state.name} after deploy"
                 + (f": {messages}" if messages else ""),

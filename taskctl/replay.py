@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from taskctl.errors import NotFoundError
 from taskctl.gcp.clients import Clients, api_errors
 from taskctl.settings import Settings
 
@@ -118,8 +119,15 @@ def replay(
     subscription = settings.dead_letter_subscription_path
     topic = settings.topic_path()
     result = ReplayResult(subscription, topic, dry_run)
-    with api_errors(f"reading topic {topic}"):
-        clients.publisher.get_topic(request={"topic": topic})
+    publisher = clients.publisher  # raises first if the local cloud is not running
+    try:
+        with api_errors(f"reading topic {topic}"):
+            publisher.get_topic(request={"topic": topic})
+    except NotFoundError as error:
+        raise NotFoundError(
+            error.message,
+            hint="create it with 'taskctl provision'; no dead letter was touched",
+        ) from None
 
     # Ack IDs handed back only at the end, so one run handles each dead letter once.
     held_ack_ids: list[str] = []
@@ -127,6 +135,9 @@ def replay(
     # A task replayed by this run can fail again and come back as a new dead letter
     # before the run ends; it is left for the next run rather than counted twice.
     replayed_tasks: set[str] = set()
+    # Leased dead letters of the current batch not yet handled; an interruption
+    # hands them back at once instead of leaving them leased until their deadline.
+    unhandled: list[str] = []
     try:
         while limit is None or len(result.items) < limit:
             batch = (
@@ -146,7 +157,9 @@ def replay(
             # held lease expired), means every dead letter has been looked at.
             if not fresh:
                 break
+            unhandled = [received.ack_id for received in fresh]
             for received in fresh:
+                unhandled.remove(received.ack_id)
                 seen.add(received.message.message_id)
                 item = _handle(settings, clients, received, dry_run, task_type)
                 if item.outcome == "replayed":
@@ -159,7 +172,7 @@ def replay(
                 if progress:
                     progress(item)
     finally:
-        _release(clients, subscription, held_ack_ids)
+        _release(clients, subscription, held_ack_ids + unhandled)
     return result
 
 

@@ -141,17 +141,19 @@ _FUNCTION_INT = {"max_instances"}
 _FUNCTION_STR = {"name", "runtime", "entry_point", "memory", "source"}
 
 
+_WHOLE_NUMBER = re.compile(r"^[+-]?[0-9]+$")
+
+
 def _as_int(value: object, setting: str) -> int:
     if isinstance(value, bool):
         raise UsageError(f"invalid {setting} {value!r}: expected a whole number")
     if isinstance(value, int):
         return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise UsageError(
-            f"invalid {setting} {value!r}: expected a whole number"
-        ) from None
+    text = str(value).strip()
+    # int() would also take "1_0" and non-ASCII digits.
+    if not _WHOLE_NUMBER.match(text):
+        raise UsageError(f"invalid {setting} {value!r}: expected a whole number")
+    return int(text)
 
 
 def _as_str(value: object, setting: str) -> str:
@@ -216,6 +218,12 @@ def _coerce_function(values: Mapping[str, Any], origin: str) -> dict[str, Any]:
         elif key == "environment":
             if not isinstance(value, Mapping):
                 raise UsageError(f"invalid {setting} in {origin}: expected a table")
+            for name, item in value.items():
+                if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+                    raise UsageError(
+                        f"invalid {setting}.{name} in {origin}: expected a string or a "
+                        f"number, not {type(item).__name__}"
+                    )
             result[key] = {str(name): str(item) for name, item in value.items()}
     return result
 
@@ -271,6 +279,21 @@ def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     if function_values:
         values["function"] = function_values
     return values
+
+
+def _coerce_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Coerce TASKCTL_* overrides, naming the variable when a value is invalid."""
+    raw = _environment_overrides(environ)
+    try:
+        return _coerce(raw, "the environment")
+    except UsageError as error:
+        variables = [f"TASKCTL_{key.upper()}" for key in raw if key != "function"] + [
+            f"TASKCTL_FUNCTION_{key.upper()}" for key in raw.get("function", {})
+        ]
+        raise UsageError(
+            f"{error.message} (from the environment: {', '.join(variables)})",
+            hint=error.hint,
+        ) from None
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -329,7 +352,13 @@ def load(
             f"unknown top-level key {sorted(unknown_top)[0]!r} in {config_path}",
             hint="settings belong under [profiles.NAME]",
         )
-    name = profile or environ.get("TASKCTL_PROFILE") or document.get("default_profile")
+    default_profile = document.get("default_profile")
+    if default_profile is not None and not isinstance(default_profile, str):
+        raise UsageError(
+            f"invalid default_profile {default_profile!r} in {config_path}: expected "
+            "a profile name"
+        )
+    name = profile or environ.get("TASKCTL_PROFILE") or default_profile
     name = name or LOCAL_PROFILE
     if name not in profiles and name != LOCAL_PROFILE:
         found = ", ".join(sorted(profiles)) or "none"
@@ -346,7 +375,7 @@ def load(
 
     origin = f"[profiles.{name}] of {config_path}"
     values = _coerce(raw_profile, origin)
-    values = _merge(values, _coerce(_environment_overrides(environ), "the environment"))
+    values = _merge(values, _coerce_environment(environ))
     values = _merge(values, _coerce(dict(overrides or {}), "the command line"))
 
     is_local = values.get("local", name == LOCAL_PROFILE or "project" not in values)

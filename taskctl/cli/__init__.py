@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -104,14 +106,25 @@ commands.register(app)
 app.add_typer(local.app, name="local")
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map every failure to one line on stderr and an exit code."""
     arguments = sys.argv[1:] if argv is None else argv
     debug = "--debug" in arguments
     renderer = Renderer()
+    # SIGTERM (from a service manager or `timeout`) stops a command the way
+    # Ctrl-C does, so cleanup code in finally blocks runs and the exit code is 130.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = app(args=arguments, prog_name="taskctl", standalone_mode=False)
-        return int(result) if isinstance(result, int) else ExitCode.OK
+        code = int(result) if isinstance(result, int) else ExitCode.OK
+        if code == ExitCode.INTERRUPTED:
+            # Typer turns Ctrl-C (and SIGTERM, see above) into exit code 130.
+            renderer.error("interrupted")
+        return code
     except TaskctlError as error:
         if debug:
             traceback.print_exc()

@@ -41,6 +41,23 @@ def _default_state_dir() -> Path:
     return Settings().state_dir
 
 
+def _check_state_dir(directory: Path) -> None:
+    from taskctl.errors import UsageError
+
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(
+            f"state directory {directory} is a file, not a directory",
+            hint="pick another with --state-dir",
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"cannot create state directory {directory}: {error.strerror}",
+            hint="pick another with --state-dir",
+        ) from None
+
+
 def _check_port_free(host: str, port: int) -> None:
     import socket
 
@@ -82,6 +99,7 @@ def up(
     from taskctl.localcloud.server import LOOPBACK
 
     directory, chosen_port = _state_dir(ctx, state_dir, port)
+    _check_state_dir(directory)
     existing = process.running(directory)
     if existing is not None:
         raise OperationFailed(

@@ -241,6 +241,15 @@ class Clients:
             self.channel.close()
 
 
+def one_line(text: str) -> str:
+    """Shorten a multi-line service message (a deploy's captured traceback, say) to
+    its first line and its last, which for a traceback names the exception."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return text.strip()
+    return f"{lines[0]} ... {lines[-1]} ({len(lines) - 2} more lines in taskctl logs)"
+
+
 @contextmanager
 def api_errors(action: str) -> Iterator[None]:
     """Translate Google API errors raised inside the block into taskctl errors.
@@ -282,7 +291,9 @@ def api_errors(action: str) -> Iterator[None]:
     except exceptions.GoogleAPICallError as error:
         code = getattr(error, "grpc_status_code", None)
         name = code.name if code is not None else type(error).__name__
-        raise OperationFailed(f"{action} failed: {name}: {error.message}") from None
+        raise OperationFailed(
+            f"{action} failed: {name}: {one_line(str(error.message))}"
+        ) from None
     except TimeoutError as error:
         raise UnavailableError(f"{action} timed out ({error})") from None
     except Exception as error:

@@ -7,6 +7,7 @@ source zip; this server receives it on loopback.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -63,7 +64,17 @@ class HttpServer:
                 self.wfile.write(body)
 
             def do_PUT(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
+                header = self.headers.get("Content-Length")
+                if header is None or not re.fullmatch(r"[0-9]+", header.strip()):
+                    # Without a valid length the body could only be read to EOF,
+                    # with no bound on its size.
+                    self._reply(
+                        HTTPStatus.LENGTH_REQUIRED,
+                        "text/plain",
+                        b"a PUT needs a valid Content-Length header\n",
+                    )
+                    return
+                length = int(header)
                 if length > server._max_body_bytes:
                     self._reply(
                         HTTPStatus.REQUEST_ENTITY_TOO_LARGE,

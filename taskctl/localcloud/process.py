@@ -26,10 +26,35 @@ def is_alive(pid: int) -> bool:
     return True
 
 
+def _is_local_cloud(pid: int, state_dir: Path) -> bool:
+    """Tell whether ``pid`` is a local cloud serving ``state_dir``.
+
+    A runtime.json left behind by a killed process can name a PID that the system
+    has since given to another program, which must never be signalled.
+    """
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        # No /proc (not Linux): fall back to the PID being alive.
+        return is_alive(pid)
+    decoded = [argument.decode(errors="replace") for argument in arguments]
+    if "taskctl.localcloud" in decoded:
+        # Started by spawn(): python -m taskctl.localcloud --state-dir DIR
+        try:
+            given = Path(decoded[decoded.index("--state-dir") + 1])
+        except (ValueError, IndexError):
+            return False
+        return given.resolve() == state_dir.resolve()
+    # `taskctl local up` in the foreground runs the local cloud in the CLI process.
+    return any("taskctl" in argument for argument in decoded)
+
+
 def running(state_dir: Path) -> RuntimeInfo | None:
     """Return the runtime info of the local cloud using ``state_dir``, if it runs."""
     info = RuntimeInfo.read(state_dir)
     if info is None or not is_alive(info.pid):
+        return None
+    if not _is_local_cloud(info.pid, Path(info.state_dir)):
         return None
     return info
 

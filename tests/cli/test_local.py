@@ -152,3 +152,43 @@ def test_local_upload_rejects_bad_input(
     )
     assert missing.code == 3
     assert "not found" in missing.stderr
+
+
+def test_stale_runtime_file_never_signals_other_process(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    state = tmp_path / "state"
+    state.mkdir()
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        (state / "runtime.json").write_text(
+            json.dumps(
+                {
+                    "pid": stranger.pid,
+                    "host": "127.0.0.1",
+                    "grpc_port": 1,
+                    "http_port": 1,
+                    "storage_port": 1,
+                    "state_dir": str(state),
+                    "started_at": 0,
+                }
+            )
+        )
+        env = {"TASKCTL_STATE_DIR": str(state)}
+        assert taskctl("local", "status", env=env, cwd=tmp_path).code == 3
+        assert taskctl("local", "down", env=env, cwd=tmp_path).code == 3
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "not-a-dir"
+    target.write_text("")
+    result = taskctl(
+        "local", "up", "--detach", "--state-dir", str(target), cwd=tmp_path
+    )
+    assert result.code == 2
+    assert "is a file, not a directory" in result.stderr

@@ -323,3 +323,58 @@ def test_redeploy_reapplies_subscription_policies(
         pipeline, "--json", "provision", "--source", str(source), "--memory", "1Gi"
     )
     assert again.json()["changed"] is False
+
+
+def test_bad_source_fails_in_one_line(pipeline: dict[str, Any], tmp_path: Path) -> None:
+    source = tmp_path / "broken"
+    source.mkdir()
+    (source / "main.py").write_text("raise ZeroDivisionError('broken at import')\n")
+    result = run(pipeline, "provision", "--source", str(source))
+    assert result.code == 1
+    errors = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("taskctl: error:")
+    ]
+    assert len(errors) == 1, result.stderr
+    assert "ZeroDivisionError: broken at import" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_logs_filter_keeps_non_ascii_ids(
+    pipeline: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "task.json"
+    path.write_text(
+        json.dumps({"task_id": "café-1", "task_type": "resize_video", "payload": {}}),
+        encoding="utf-8",
+    )
+    assert run(pipeline, "publish", str(path)).code == 0
+    found = wait_for(
+        lambda: run(pipeline, "--json", "logs", "--task-id", "café-1").stdout
+    )
+    assert json.loads(found.splitlines()[0])["labels"]["task_id"] == "café-1"
+
+
+def test_sigterm_during_follow_exits_130(pipeline: dict[str, Any]) -> None:
+    import signal
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "taskctl", "logs", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **pipeline["env"]},
+        cwd=pipeline["cwd"],
+    )
+    time.sleep(3)
+    follower.send_signal(signal.SIGTERM)
+    _, stderr = follower.communicate(timeout=30)
+    assert follower.returncode == 130
+    assert "interrupted" in stderr
+
+
+def test_since_too_far_back_exits_2(pipeline: dict[str, Any]) -> None:
+    result = run(pipeline, "logs", "--since", "99999999999d")
+    assert result.code == 2
+    assert "invalid --since" in result.stderr

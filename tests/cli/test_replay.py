@@ -208,6 +208,7 @@ def test_missing_task_topic_keeps_dead_letters(
     result = replay(queues, TASKCTL_TOPIC="no-such-topic")
     assert result.code == 3
     assert "no-such-topic" in result.stderr
+    assert "taskctl provision" in result.stderr
     assert replay(queues, "--dry-run").json()["would_replay"] == 1
 
 

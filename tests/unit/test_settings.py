@@ -196,3 +196,32 @@ def test_format_duration_units() -> None:
     assert settings.format_duration(90) == "90s"
     assert settings.format_duration(86400 * 31) == "31d"
     assert settings.format_duration(0) == "0s"
+
+
+def test_environment_error_names_variable(tmp_path: Path) -> None:
+    with pytest.raises(
+        UsageError, match=r"\(from the environment: TASKCTL_MAX_DELIVERY_ATTEMPTS\)"
+    ):
+        settings.load(environ={"TASKCTL_MAX_DELIVERY_ATTEMPTS": "abc"}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("value", ["1_0", "\u0661\u0660", "1.5", ""])
+def test_whole_numbers_are_ascii_digits(tmp_path: Path, value: str) -> None:
+    with pytest.raises(UsageError, match="expected a whole number"):
+        settings.load(environ={"TASKCTL_MAX_DELIVERY_ATTEMPTS": value}, cwd=tmp_path)
+
+
+def test_default_profile_must_be_a_name(tmp_path: Path) -> None:
+    write_config(tmp_path, "default_profile = 5\n")
+    with pytest.raises(UsageError, match="invalid default_profile 5"):
+        settings.load(environ={}, cwd=tmp_path)
+
+
+def test_environment_values_must_be_scalars(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, "[profiles.local.function.environment]\nA = 1\nB = [1, 2]\n"
+    )
+    with pytest.raises(
+        UsageError, match=r"invalid function\.environment\.B .*not list"
+    ):
+        settings.load(config_path=config, environ={})

@@ -119,7 +119,7 @@ def test_invalid_task_rejected(tmp_path: Path, task: object, message: str) -> No
 
 def test_data_limit_counts_bytes(tmp_path: Path) -> None:
     task = {"task_type": "a", "payload": {"blob": "é" * 5_000_000}}
-    with pytest.raises(UsageError, match="over Pub/Sub's limit of 10000000 bytes"):
+    with pytest.raises(UsageError, match="over the 9983616-byte limit taskctl keeps"):
         load_files([write(tmp_path, "big.json", json.dumps(task, ensure_ascii=False))])
 
 
@@ -142,3 +142,79 @@ def test_attribute_options() -> None:
         parse_attribute_options(["novalue"])
     with pytest.raises(UsageError, match="set from the task"):
         parse_attribute_options(["task_type=x"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"task_type": "a", "payload": {"x": NaN}}', "NaN is not valid JSON"),
+        (
+            '{"task_type": "a", "payload": {"x": -Infinity}}',
+            "-Infinity is not valid JSON",
+        ),
+        (
+            '{"task_type": "a", "payload": {"x": 1e400}}',
+            "the number 1e400 is out of range",
+        ),
+        (
+            '{"task_type": "a", "task_type": "b", "payload": {}}',
+            "the key 'task_type' appears twice",
+        ),
+        ('{"task_type": "a", "payload": {"n": ' + "9" * 5000 + "}}", "invalid JSON"),
+        (
+            '{"task_type": "a", "payload": {"x": '
+            + "[" * 100_000
+            + "]" * 100_000
+            + "}}",
+            "nested too deeply",
+        ),
+        ('{"task_type": "a", "payload": {"x": "\\ud800"}}', "lone surrogate"),
+        (
+            '{"task_type": "a", "payload": {}, "attributes": {"k": "\\udfff"}}',
+            "lone surrogate",
+        ),
+        ('\ufeff{"task_type": "a", "payload": {}}', "byte order mark"),
+    ],
+)
+def test_values_worker_would_reject(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        load_files([write(tmp_path, "task.json", text)])
+    assert message in str(caught.value)
+    assert "task.json:1" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "key", ["topic", "data", "ordering_key", "retry", "timeout", "self"]
+)
+def test_client_parameter_attribute_names_rejected(tmp_path: Path, key: str) -> None:
+    task = {"task_type": "a", "payload": {}, "attributes": {key: "x"}}
+    with pytest.raises(UsageError, match=f"attribute key '{key}' cannot be published"):
+        load_files([write(tmp_path, "task.json", json.dumps(task))])
+
+
+def test_non_regular_files_rejected(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="is not a regular file"):
+        load_files([fifo])
+    with pytest.raises(UsageError, match="is not a regular file"):
+        load_files([Path("/dev/zero")])
+
+
+def test_oversized_file_rejected(tmp_path: Path) -> None:
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as handle:
+        handle.truncate(256 * 1024 * 1024 + 1)
+    with pytest.raises(UsageError, match="over the 268435456-byte limit"):
+        load_files([big])
+
+
+def test_many_lines_numbered(tmp_path: Path) -> None:
+    lines = [json.dumps({**TASK, "task_id": f"t{n}"}) for n in range(20_000)]
+    lines.append('{"task_type": "a"}')
+    with pytest.raises(
+        UsageError, match=r"many\.jsonl:20001: payload must be a JSON object"
+    ):
+        load_files([write(tmp_path, "many.jsonl", "\n".join(lines))])
