@@ -445,6 +445,23 @@ BAD_SOURCES: dict[str, tuple[Callable[[], bytes], str]] = {
         "symbolic link",
     ),
     "oversized": (oversized_zip, "more than 100 MB"),
+    "empty-name": (lambda: zip_with_entry(""), "empty name"),
+    "file-then-directory": (
+        lambda: make_zip({"main.py": RECORDING_FUNCTION, "a": "", "a/b": ""}),
+        "entry 'a' is a file, but entry 'a/b' needs a directory",
+    ),
+    "directory-then-file": (
+        lambda: make_zip({"main.py": RECORDING_FUNCTION, "a/b": "", "a": ""}),
+        "entry 'a' is a file, but entry 'a/b' needs a directory",
+    ),
+    "long-path": (
+        lambda: zip_with_entry("d/" * 2999 + "x.py"),
+        "has a name of 6002 bytes",
+    ),
+    "long-component": (
+        lambda: zip_with_entry("x" * 300 + ".py"),
+        "longer than 255 bytes",
+    ),
     "no-main": (lambda: make_zip({"other.py": "x = 1\n"}), "no main.py"),
     "not-zip": (lambda: b"this is not a zip archive", "not a valid zip"),
     "missing-requirement": (

@@ -42,6 +42,11 @@ UPLOAD_PATH_PREFIX = "/upload/"
 # takes at most 100 MB, which also bounds what one zip can write to disk.
 MAX_UNPACKED_BYTES = 100 * 1024 * 1024
 _COPY_CHUNK_BYTES = 1024 * 1024
+# The local cloud's own limit on a zip entry's name. It keeps the unpacked path,
+# state directory included, well under Linux's PATH_MAX of 4096 bytes.
+MAX_ENTRY_NAME_BYTES = 1024
+# Linux's NAME_MAX: the maximum length in bytes of one path component.
+MAX_NAME_COMPONENT_BYTES = 255
 
 
 class SourceError(Exception):
@@ -131,17 +136,64 @@ class UploadStore:
         return self.path_of(rows[0]["token"])
 
 
+def _describe_entry(name: str) -> str:
+    """Quote a zip entry name for a message, shortening very long ones."""
+    if len(name) <= 200:
+        return repr(name)
+    return f"{name[:200]!r}... ({len(name)} characters)"
+
+
 def _checked_member_path(info: zipfile.ZipInfo) -> PurePosixPath:
     name = info.filename.replace("\\", "/")
     path = PurePosixPath(name)
+    if not path.parts or path.parts == (".",):
+        raise SourceError(
+            f"source zip entry {info.filename!r} has an empty name; rebuild the zip "
+            "without it"
+        )
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise SourceError(f"source zip entry {info.filename!r} has an absolute path")
     if ".." in path.parts:
         raise SourceError(f"source zip entry {info.filename!r} contains '..'")
+    name_bytes = len(name.encode())
+    if name_bytes > MAX_ENTRY_NAME_BYTES:
+        raise SourceError(
+            f"source zip entry {_describe_entry(info.filename)} has a name of "
+            f"{name_bytes} bytes; the local cloud accepts at most "
+            f"{MAX_ENTRY_NAME_BYTES}"
+        )
+    for part in path.parts:
+        if len(part.encode()) > MAX_NAME_COMPONENT_BYTES:
+            raise SourceError(
+                f"source zip entry {_describe_entry(info.filename)} has a file or "
+                f"directory name longer than {MAX_NAME_COMPONENT_BYTES} bytes"
+            )
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise SourceError(f"source zip entry {info.filename!r} is a symbolic link")
     return path
+
+
+def _check_no_clashes(archive: zipfile.ZipFile) -> None:
+    """Reject a zip where one entry is a file and another needs it as a directory."""
+    files: dict[PurePosixPath, str] = {}
+    directories: dict[PurePosixPath, str] = {}
+    for info in archive.infolist():
+        path = _checked_member_path(info)
+        if info.is_dir():
+            directories.setdefault(path, info.filename)
+        else:
+            files.setdefault(path, info.filename)
+        for parent in path.parents:
+            if parent.parts:
+                directories.setdefault(parent, info.filename)
+    for path, file_entry in files.items():
+        directory_entry = directories.get(path)
+        if directory_entry is not None:
+            raise SourceError(
+                f"source zip entry {_describe_entry(file_entry)} is a file, but entry "
+                f"{_describe_entry(directory_entry)} needs a directory of that name"
+            )
 
 
 def _too_large() -> SourceError:
@@ -160,23 +212,40 @@ def _extract(archive: zipfile.ZipFile, destination: Path) -> None:
     for info in archive.infolist():
         relative = _checked_member_path(info)
         target = destination.joinpath(*relative.parts)
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(info) as member, target.open("wb") as output:
-            while chunk := member.read(_COPY_CHUNK_BYTES):
-                written += len(chunk)
-                if written > MAX_UNPACKED_BYTES:
-                    raise _too_large()
-                output.write(chunk)
+        try:
+            written += _extract_member(archive, info, target, written)
+        except OSError as error:
+            # The file system may still reject a name the checks above accept.
+            raise SourceError(
+                f"source zip entry {_describe_entry(info.filename)} cannot be "
+                f"unpacked: {error.strerror or error}"
+            ) from error
+
+
+def _extract_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, written: int
+) -> int:
+    """Write one entry to ``target`` and return the number of bytes written."""
+    if info.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with archive.open(info) as member, target.open("wb") as output:
+        while chunk := member.read(_COPY_CHUNK_BYTES):
+            size += len(chunk)
+            if written + size > MAX_UNPACKED_BYTES:
+                raise _too_large()
+            output.write(chunk)
+    return size
 
 
 def unpack(zip_path: Path, destination: Path) -> None:
     """Unpack a function's source zip into ``destination`` (which must not exist).
 
-    Raises :class:`SourceError` for entries with absolute paths, ``..`` or
-    symbolic links, for more than ``MAX_UNPACKED_BYTES`` unpacked, and for a zip
+    Raises :class:`SourceError` for entries with empty names, absolute paths,
+    ``..``, symbolic links or a file where another entry needs a directory, for an
+    entry the file system cannot store, for more than ``MAX_UNPACKED_BYTES`` unpacked, and for a zip
     without ``main.py`` at its root. Nothing is left behind on failure.
     """
     staging = destination.with_name(destination.name + ".partial")
@@ -185,8 +254,7 @@ def unpack(zip_path: Path, destination: Path) -> None:
     try:
         try:
             with zipfile.ZipFile(zip_path) as archive:
-                for info in archive.infolist():
-                    _checked_member_path(info)
+                _check_no_clashes(archive)
                 _extract(archive, staging)
         except zipfile.BadZipFile as error:
             raise SourceError(f"source is not a valid zip archive: {error}") from error
