@@ -110,11 +110,11 @@ class _Outcome:
 class PushDispatcher:
     """One thread that leases due push messages and a pool that POSTs them.
 
-    The pool threads only send requests. They queue each result for the
-    dispatcher thread, which stores every queued ack and nack in one transaction
-    per kind and subscription before it frees their in-flight slots and leases
-    more. A push thus counts against the subscription's in-flight bound until
-    its outcome is committed.
+    The pool threads only send requests and queue each result for the
+    dispatcher thread. That thread acknowledges a subscription's queued
+    successes in the same transaction that leases its next messages, and frees
+    the in-flight slots only after that commit, so a push counts against the
+    subscription's in-flight bound until its outcome is stored.
     """
 
     def __init__(self, store: Store) -> None:
@@ -145,47 +145,88 @@ class PushDispatcher:
         # the dispatcher thread is stuck. Pushes that finish later are not, so
         # their leases end and the messages are delivered again after a restart.
         if not self._thread.is_alive():
-            self._store_outcomes()
+            for group in self._take_outcomes().values():
+                state = group[0].state
+                self._store_outcomes(state, group, self._store_failures(state, group))
 
     def _run(self) -> None:
         generation = self.store.generation
         while not self._stopping.is_set():
             try:
-                self._store_outcomes()
                 wait = self._dispatch_once()
             except Exception:
                 log.exception("push dispatcher failed; retrying in 1 s")
                 wait = 1.0
             generation = self.store.wait_for_change(generation, wait)
 
+    def _take_outcomes(self) -> dict[int, list[_Outcome]]:
+        """Remove the queued push results and return them by subscription ID."""
+        with self._outcomes_lock:
+            outcomes, self._outcomes = self._outcomes, []
+        by_subscription: dict[int, list[_Outcome]] = {}
+        for outcome in outcomes:
+            by_subscription.setdefault(outcome.state.id, []).append(outcome)
+        return by_subscription
+
     def _dispatch_once(self) -> float:
-        """Start pushes for every due message; return how long to wait for more."""
+        """Store push results and start pushes; return how long to wait for more."""
+        finished = self._take_outcomes()
         wait = 1.0
         now = time.time()
         for state in list(self.store.subscriptions.values()):
-            if not state.is_push:
-                continue
-            free = MAX_IN_FLIGHT_PER_SUBSCRIPTION - self._in_flight.get(state.id, 0)
-            paused_until = self._paused_until.get(state.id, 0.0)
-            if paused_until > now:
-                wait = min(wait, paused_until - now)
-                continue
-            if free <= 0:
-                continue
-            leases = self.store.lease(state, free, state.proto.ack_deadline_seconds)
-            if leases:
-                self._in_flight[state.id] = self._in_flight.get(state.id, 0) + len(
-                    leases
-                )
-                for lease in leases:
-                    self._pool.submit(self._push, state, lease)
-                if len(leases) == free:
-                    wait = 0.0
-                continue
-            due = self.store.next_due(state)
-            if due is not None:
-                wait = min(wait, max(0.005, due - now))
+            group = finished.pop(state.id, [])
+            if state.is_push or group:
+                wait = min(wait, self._dispatch_subscription(state, group, now))
+        # Results of subscriptions deleted since their push started.
+        for group in finished.values():
+            state = group[0].state
+            self._store_outcomes(state, group, self._store_failures(state, group))
         return wait
+
+    def _dispatch_subscription(
+        self, state: SubscriptionState, group: list[_Outcome], now: float
+    ) -> float:
+        """Store ``group``'s results, lease into the free slots, return the wait."""
+        acks = self._store_failures(state, group)
+        paused_until = self._paused_until.get(state.id, 0.0)
+        if not state.is_push or paused_until > now:
+            self._store_outcomes(state, group, acks)
+            return max(0.0, paused_until - now) if state.is_push else 1.0
+        free = (
+            MAX_IN_FLIGHT_PER_SUBSCRIPTION
+            - self._in_flight.get(state.id, 0)
+            + len(group)
+        )
+        if free <= 0:
+            self._store_outcomes(state, group, acks)
+            return 1.0
+
+        leases: list[Lease] = []
+        try:
+            leases = self.store.lease(
+                state,
+                free,
+                state.proto.ack_deadline_seconds,
+                acknowledge_first=acks,
+            )
+        except Exception:
+            log.exception(
+                "acking %s pushed messages and leasing more on %s failed",
+                len(acks),
+                state.name,
+            )
+        self._in_flight[state.id] = (
+            self._in_flight.get(state.id, 0) - len(group) + len(leases)
+        )
+        for lease in leases:
+            self._pool.submit(self._push, state, lease)
+
+        if len(leases) == free:
+            return 0.0
+        if leases:
+            return 1.0
+        due = self.store.next_due(state)
+        return 1.0 if due is None else max(0.005, due - now)
 
     def _push(self, state: SubscriptionState, lease: Lease) -> None:
         message_id = lease.received.message.message_id
@@ -203,33 +244,13 @@ class PushDispatcher:
             self._outcomes.append(outcome)
         self.store.notify()
 
-    def _store_outcomes(self) -> None:
-        """Ack or nack the queued push results, then free their in-flight slots."""
-        with self._outcomes_lock:
-            outcomes, self._outcomes = self._outcomes, []
-        if not outcomes:
-            return
-        by_subscription: dict[int, list[_Outcome]] = {}
-        for outcome in outcomes:
-            by_subscription.setdefault(outcome.state.id, []).append(outcome)
-        for group in by_subscription.values():
-            state = group[0].state
-            try:
-                self._store_group(state, group)
-            except Exception:
-                log.exception(
-                    "recording the push outcomes of %s messages on %s failed",
-                    len(group),
-                    state.name,
-                )
-            self._in_flight[state.id] = self._in_flight.get(state.id, 0) - len(group)
-            for outcome in group:
-                # A dropped failure needs no pause, because nothing is retried.
-                self._record_outcome(
-                    state, outcome.acked or not state.retry_failed_pushes
-                )
+    def _store_failures(
+        self, state: SubscriptionState, group: list[_Outcome]
+    ) -> list[str]:
+        """Nack or drop ``group``'s failures; return the ack IDs still to ack.
 
-    def _store_group(self, state: SubscriptionState, group: list[_Outcome]) -> None:
+        Also records every outcome for the pause after failures.
+        """
         acks = []
         nacks = []
         for outcome in group:
@@ -253,10 +274,29 @@ class PushDispatcher:
                     outcome.description,
                 )
                 nacks.append(outcome.lease.ack_id)
-        if acks:
-            self.store.acknowledge(state, acks)
+            # A dropped failure needs no pause, because nothing is retried.
+            self._record_outcome(state, outcome.acked or not state.retry_failed_pushes)
         if nacks:
-            self.store.modify_ack_deadline(state, nacks, 0)
+            try:
+                self.store.modify_ack_deadline(state, nacks, 0)
+            except Exception:
+                log.exception(
+                    "nacking %s pushed messages on %s failed", len(nacks), state.name
+                )
+        return acks
+
+    def _store_outcomes(
+        self, state: SubscriptionState, group: list[_Outcome], acks: list[str]
+    ) -> None:
+        """Ack ``acks`` and then free the in-flight slots of ``group``."""
+        try:
+            if acks:
+                self.store.acknowledge(state, acks)
+        except Exception:
+            log.exception(
+                "acking %s pushed messages on %s failed", len(acks), state.name
+            )
+        self._in_flight[state.id] = self._in_flight.get(state.id, 0) - len(group)
 
     def _record_outcome(self, state: SubscriptionState, acked: bool) -> None:
         if acked:

@@ -437,12 +437,15 @@ class Store:
         max_bytes: int = 10 * 1024 * 1024,
         *,
         oversized_first: bool = True,
+        acknowledge_first: Iterable[str] = (),
     ) -> list[Lease]:
         """Lease up to ``max_messages`` due messages for ``deadline`` seconds.
 
         Stops before the message that would take the batch past ``max_bytes``.
         With ``oversized_first`` the first message is leased even when it is
         larger than that, so a big message cannot block the subscription.
+        The ack IDs in ``acknowledge_first`` are acknowledged in the same
+        transaction before leasing, as :meth:`acknowledge` would.
         """
         now = time.time()
         leases: list[Lease] = []
@@ -452,6 +455,7 @@ class Store:
         with self.db.transaction() as conn:
             if not self.is_current(state):
                 return []
+            self._acknowledge(conn, state, acknowledge_first, now)
             for row in self._due_rows(conn, state, max_messages, now):
                 if state.is_last_attempt(row["attempts"]):
                     dead_lettered |= self._dead_letter(conn, state, row)
@@ -603,15 +607,23 @@ class Store:
         self, state: SubscriptionState, ack_ids: Iterable[str]
     ) -> list[str]:
         """Remove the leased messages; return the ack IDs that were still valid."""
-        now = time.time()
         with self.db.transaction() as conn:
-            valid = self._valid_leases(conn, state, ack_ids, now)
-            message_ids = sorted({message_id for _, message_id, _ in valid})
-            conn.executemany(
-                "DELETE FROM deliveries WHERE subscription = ? AND message = ?",
-                [(state.id, message_id) for message_id in message_ids],
-            )
-            self._drop_orphans(conn, message_ids)
+            return self._acknowledge(conn, state, ack_ids, time.time())
+
+    def _acknowledge(
+        self,
+        conn: sqlite3.Connection,
+        state: SubscriptionState,
+        ack_ids: Iterable[str],
+        now: float,
+    ) -> list[str]:
+        valid = self._valid_leases(conn, state, ack_ids, now)
+        message_ids = sorted({message_id for _, message_id, _ in valid})
+        conn.executemany(
+            "DELETE FROM deliveries WHERE subscription = ? AND message = ?",
+            [(state.id, message_id) for message_id in message_ids],
+        )
+        self._drop_orphans(conn, message_ids)
         return [ack_id for ack_id, _, _ in valid]
 
     def modify_ack_deadline(
