@@ -65,6 +65,37 @@ def test_topic_invalid_id_rejected(publisher: Any, topic_id: str) -> None:
         publisher.create_topic(name=f"projects/{PROJECT}/topics/{topic_id}")
 
 
+@pytest.mark.parametrize(
+    "project",
+    ["a", "abcde", "Taskctl-test", "1taskctl", "taskctl-", "t" * 31, "my_project"],
+)
+def test_topic_invalid_project_rejected(
+    publisher: Any, subscriber: Any, project: str
+) -> None:
+    with pytest.raises(exceptions.InvalidArgument, match="6 to 30") as created:
+        publisher.create_topic(name=f"projects/{project}/topics/valid-topic")
+    with pytest.raises(exceptions.InvalidArgument, match="6 to 30") as listed:
+        list(publisher.list_topics(project=f"projects/{project}"))
+    with pytest.raises(exceptions.InvalidArgument, match="6 to 30") as subscribed:
+        subscriber.create_subscription(
+            name=f"projects/{project}/subscriptions/valid-sub",
+            topic=f"projects/{PROJECT}/topics/valid-topic",
+        )
+
+    assert project in created.value.message
+    assert project in listed.value.message
+    assert project in subscribed.value.message
+
+
+@pytest.mark.parametrize("project", ["abcdef", "t" * 30, "example.com:my-project"])
+def test_topic_valid_project_accepted(
+    publisher: Any, unique: str, project: str
+) -> None:
+    name = f"projects/{project}/topics/project-{unique}"
+    publisher.create_topic(name=name)
+    publisher.delete_topic(topic=name)
+
+
 @pytest.mark.parametrize("topic_id", ["abc", "A-b_c.d~e+f%g", "t" * 255])
 def test_topic_valid_ids_accepted(publisher: Any, unique: str, topic_id: str) -> None:
     name = f"projects/{PROJECT}/topics/{topic_id}{unique}"[: len(PROJECT) + 17 + 255]

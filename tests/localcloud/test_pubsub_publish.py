@@ -179,6 +179,33 @@ def test_publish_request_over_10_mb_rejected(raw_publisher: Any, topic: str) -> 
         publish_raw(raw_publisher, topic, messages)
 
 
+def test_publish_data_over_10_000_000_rejected(raw_publisher: Any, topic: str) -> None:
+    # Google's 10 MB is decimal, so 10,000,001 bytes is over it and under 10 MiB.
+    with pytest.raises(exceptions.InvalidArgument, match="10000000 bytes"):
+        publish_raw(raw_publisher, topic, [{"data": b"x" * 10_000_001}])
+
+
+def test_publish_request_over_10_000_000_rejected(
+    raw_publisher: Any, topic: str
+) -> None:
+    messages = [{"data": b"x" * 3_340_000} for _ in range(3)]
+
+    with pytest.raises(exceptions.InvalidArgument, match="publish request") as raised:
+        publish_raw(raw_publisher, topic, messages)
+
+    assert "10000000 bytes" in raised.value.message
+
+
+def test_publish_request_under_10_000_000_accepted(
+    raw_publisher: Any, topic: str
+) -> None:
+    messages = [{"data": b"x" * 4_990_000} for _ in range(2)]
+
+    ids = publish_raw(raw_publisher, topic, messages)
+
+    assert len(ids) == 2
+
+
 def test_publish_over_1000_messages_rejected(raw_publisher: Any, topic: str) -> None:
     with pytest.raises(exceptions.InvalidArgument, match="1000"):
         publish_raw(raw_publisher, topic, [{"data": b"x"}] * 1001)

@@ -8,17 +8,25 @@ from urllib.parse import urlsplit
 
 from google.protobuf import duration_pb2
 
+from taskctl.localcloud import resourcemanager
 from taskctl.localcloud.errors import invalid_argument
 
 # Topic, subscription and snapshot IDs are 3 to 255 characters long. They start
 # with a letter, continue with letters, digits and - _ . ~ + %, and must not
 # start with "goog", which Google reserves.
 RESOURCE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
-PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-.:]{0,99}$")
+# Project IDs follow Resource Manager's rule (6 to 30 lowercase letters, digits
+# and hyphens, starting with a letter). A legacy domain-scoped project puts a
+# domain and a colon in front, as in example.com:my-project.
+PROJECT_ID = re.compile(
+    r"^(?:[a-z0-9][a-z0-9.-]*[a-z0-9]:)?"
+    + resourcemanager.PROJECT_ID.pattern.removeprefix("^")
+)
 DELETED_TOPIC = "_deleted-topic_"
 
-MAX_MESSAGE_DATA_BYTES = 10 * 1024 * 1024
-MAX_PUBLISH_REQUEST_BYTES = 10 * 1024 * 1024
+# Google states both limits in decimal units: 10 MB is 10,000,000 bytes.
+MAX_MESSAGE_DATA_BYTES = 10_000_000
+MAX_PUBLISH_REQUEST_BYTES = 10_000_000
 MAX_MESSAGES_PER_PUBLISH = 1000
 MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTE_KEY_BYTES = 256
@@ -64,7 +72,10 @@ def parse_name(kind: str, name: str) -> tuple[str, str]:
         )
     project, resource_id = parts[1], parts[3]
     if not PROJECT_ID.match(project):
-        raise invalid_argument(f"invalid project {project!r} in {kind} name {name!r}")
+        raise invalid_argument(
+            f"invalid project {project!r} in {kind} name {name!r}: a project ID is "
+            "6 to 30 lowercase letters, digits and hyphens, starting with a letter"
+        )
     _check_id(kind, name, resource_id)
     return project, resource_id
 
@@ -74,7 +85,9 @@ def parse_project(project: str) -> str:
     parts = project.split("/")
     if len(parts) != 2 or parts[0] != "projects" or not PROJECT_ID.match(parts[1]):
         raise invalid_argument(
-            f"invalid project {project!r}: expected projects/PROJECT"
+            f"invalid project {project!r}: expected projects/PROJECT_ID, where a "
+            "project ID is 6 to 30 lowercase letters, digits and hyphens, starting "
+            "with a letter"
         )
     return parts[1]
 
