@@ -298,6 +298,27 @@ def test_push_no_wrapper_with_metadata(
     assert request.headers["x-goog-pubsub-subscription-name"] == subscription
 
 
+def test_push_metadata_with_non_latin1_value(
+    publisher: Any,
+    topic: str,
+    endpoint: PushEndpoint,
+    make_subscription: Callable[..., str],
+) -> None:
+    make_subscription(
+        push_config={
+            "push_endpoint": endpoint.url,
+            "no_wrapper": {"write_metadata": True},
+        }
+    )
+    for _ in range(20):
+        publisher.publish(topic, b"priced", price="5\u20ac").result(timeout=30)
+    publisher.publish(topic, b"last", price="5").result(timeout=30)
+
+    requests = endpoint.wait_for(21)
+
+    assert sorted(request.body for request in requests) == [b"last"] + [b"priced"] * 20
+
+
 def test_push_no_wrapper_without_metadata(
     publisher: Any,
     topic: str,

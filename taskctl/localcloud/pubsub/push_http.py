@@ -36,9 +36,10 @@ def _encode_header(name: str, value: str) -> bytes:
         raise ValueError(f"invalid HTTP header name {name!r}")
     if _INVALID_VALUE.search(value):
         raise ValueError(f"invalid HTTP header value {value!r} for {name!r}")
-    # Latin-1 as http.client encodes header values; other characters raise
-    # UnicodeEncodeError, a ValueError.
-    return f"{name}: {value}\r\n".encode("latin-1")
+    # Attribute values become header values (push without a wrapper, with
+    # metadata) and may hold any Unicode text, so they are sent as UTF-8 octets,
+    # which HTTP passes through; http.client's Latin-1 would reject "5€".
+    return f"{name}: ".encode("ascii") + value.encode("utf-8") + b"\r\n"
 
 
 class PushConnection:
