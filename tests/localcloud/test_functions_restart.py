@@ -175,3 +175,114 @@ def test_restart_aborts_interrupted_deploy(
     )
     revisions = tmp_path / "state" / "functions" / PROJECT / "us-central1"
     assert list((revisions / "interrupted-fn").iterdir()) == []
+
+
+HANGING_FUNCTION = """
+import os
+import time
+
+import functions_framework
+
+
+@functions_framework.cloud_event
+def handle(event):
+    with open(os.environ["OUT_FILE"], "a") as out:
+        out.write(str(os.getpid()) + "\\n")
+    time.sleep(1000)
+"""
+
+
+def deploy_hung_function(clients: Clients, tmp_path: Path) -> tuple[Any, int]:
+    """Deploy HANGING_FUNCTION, invoke it once and return it with its worker's PID."""
+    topic = clients.publisher.topic_path(PROJECT, "hung-tasks")
+    clients.publisher.create_topic(name=topic)
+    source = upload(clients.functions, make_zip({"main.py": HANGING_FUNCTION}))
+    out_file = tmp_path / "out"
+    function = clients.functions.create_function(
+        parent=PARENT,
+        function=event_function(source, topic, out_file),
+        function_id="hung-fn",
+    ).result(timeout=DEPLOY_TIMEOUT)
+    clients.publisher.publish(topic, b"hang").result(timeout=30)
+    deadline = time.monotonic() + 30
+    while not out_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return function, int(out_file.read_text().split()[0])
+
+
+def wait_until_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while process.is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not process.is_alive(pid)
+
+
+def test_terminate_kills_hung_function(
+    start_cloud: Callable[[], tuple[Clients, RuntimeInfo]], tmp_path: Path
+) -> None:
+    clients, info = start_cloud()
+    _, worker_pid = deploy_hung_function(clients, tmp_path)
+
+    stopped = process.terminate(info)
+
+    assert stopped
+    assert wait_until_gone(worker_pid, 5), f"worker pid {worker_pid} still runs"
+
+
+def test_terminate_kills_retiring_hung_revision(
+    start_cloud: Callable[[], tuple[Clients, RuntimeInfo]], tmp_path: Path
+) -> None:
+    # A redeploy stops the replaced revision in the background with gunicorn's
+    # full grace period, which is longer than the local cloud's shutdown.
+    clients, info = start_cloud()
+    function, worker_pid = deploy_hung_function(clients, tmp_path)
+    function.service_config.environment_variables["GREETING"] = "v2"
+    clients.functions.update_function(
+        function=function, update_mask={"paths": ["service_config"]}
+    ).result(timeout=DEPLOY_TIMEOUT)
+
+    stopped = process.terminate(info)
+
+    assert stopped
+    assert wait_until_gone(worker_pid, 5), f"worker pid {worker_pid} still runs"
+
+
+HANGING_IMPORT = """
+import os
+import time
+
+with open(os.environ["OUT_FILE"], "a") as out:
+    out.write(str(os.getpid()) + "\\n")
+time.sleep(1000)
+"""
+
+
+def test_terminate_kills_instance_still_starting(
+    start_cloud: Callable[[], tuple[Clients, RuntimeInfo]], tmp_path: Path
+) -> None:
+    clients, info = start_cloud()
+    topic = clients.publisher.topic_path(PROJECT, "slow-start-tasks")
+    clients.publisher.create_topic(name=topic)
+    source = upload(clients.functions, make_zip({"main.py": HANGING_IMPORT}))
+    out_file = tmp_path / "out"
+    clients.functions.create_function(
+        parent=PARENT,
+        function=event_function(source, topic, out_file),
+        function_id="slow-start-fn",
+    )
+    deadline = time.monotonic() + 30
+    while not out_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    importer_pid = int(out_file.read_text().split()[0])
+
+    stopped = process.terminate(info)
+
+    assert stopped
+    assert wait_until_gone(importer_pid, 5), f"pid {importer_pid} still runs"
+    # The interrupted deploy is aborted at the next start, as after a SIGKILL.
+    clients, _ = start_cloud()
+    function = clients.functions.get_function(name=f"{PARENT}/functions/slow-start-fn")
+    assert function.state == functions_v2.Function.State.FAILED
+    assert (
+        "stopped before this operation finished" in function.state_messages[0].message
+    )

@@ -14,6 +14,7 @@ import shutil
 import string
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ _State = types.Function.State
 CRASH_RESTART_DELAY_SECONDS = 1.0
 CRASH_WINDOW_SECONDS = 60.0
 MAX_CRASHES_IN_WINDOW = 3
+# stop_all() waits at most this long beyond the instances' grace period for
+# their pumps and for background threads.
+STOP_ALL_SLACK_SECONDS = 3.0
 
 
 def _random_lowercase(length: int) -> str:
@@ -129,6 +133,10 @@ class Deployer:
         self._container_log = container_log
         self._ready_timeout = ready_timeout
         self._instances: dict[str, Instance] = {}
+        # Every instance created, serving or not: starting, retiring or crashed.
+        # stop_all() stops them all, so none outlives the local cloud.
+        self._created: weakref.WeakSet[Instance] = weakref.WeakSet()
+        self._shutting_down = False
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._crashes: dict[str, list[float]] = {}
@@ -159,8 +167,12 @@ class Deployer:
                 self._connect_trigger(name, record, desired, deployment, progress)
             self._commit(record, desired, deployment, progress)
         except DeployError as error:
+            if self._abandon_at_shutdown(function_name, deployment):
+                return
             self._fail(record, desired, deployment, progress, error.code, error.message)
         except Exception:
+            if self._abandon_at_shutdown(function_name, deployment):
+                return
             log.exception("deploy of function=%s failed", function_name)
             self._fail(
                 record,
@@ -170,6 +182,23 @@ class Deployer:
                 grpc.StatusCode.INTERNAL,
                 "internal error in the local cloud while deploying; see its log",
             )
+
+    def _abandon_at_shutdown(self, function_name: str, deployment: _Deployment) -> bool:
+        """Leave a deploy that shutdown interrupted for the next start to clean up.
+
+        Stopping its instance made the deploy fail, and recording that failure
+        would blame the function for the local cloud's exit.
+        """
+        if not self._shutting_down:
+            return False
+        log.warning(
+            "deploy of function=%s revision=%s interrupted by shutdown",
+            function_name,
+            deployment.revision_name,
+        )
+        if deployment.instance is not None:
+            deployment.instance.kill()
+        return True
 
     def _revision_dir(self, name: FunctionName, revision_name: str) -> Path:
         return (
@@ -259,6 +288,12 @@ class Deployer:
             smtp_port=self._smtp_port,
         )
         instance.on_exit = self._instance_exited
+        with self._lock:
+            self._created.add(instance)
+            shutting_down = self._shutting_down
+        if shutting_down:
+            # stop_all() has already collected the instances it stops.
+            instance.kill()
         return instance
 
     @staticmethod
@@ -543,9 +578,12 @@ class Deployer:
             if record.subscription and instance.port != record.port:
                 self._triggers.repoint(record.subscription, instance.url + "/")
         except (InstanceError, ServiceError) as error:
+            instance.kill()
+            if self._shutting_down:
+                log.info("restart of function=%s stopped by shutdown", record.name)
+                return
             message = getattr(error, "message", None) or str(error)
             log.error("restarting function=%s failed: %s", record.name, message)
-            instance.kill()
             function.state = _State.FAILED
             function.state_messages.add(
                 severity=types.StateMessage.Severity.ERROR,
@@ -575,8 +613,18 @@ class Deployer:
         )
 
     def stop_all(self, grace: float) -> None:
+        """Stop every instance within about ``grace`` seconds in total.
+
+        That covers serving revisions, replaced ones still finishing requests and
+        ones still starting. Each gets SIGTERM and, after ``grace``, SIGKILL for
+        its whole process group.
+        """
+        deadline = time.monotonic() + grace + STOP_ALL_SLACK_SECONDS
         with self._lock:
-            instances = list(self._instances.values())
+            self._shutting_down = True
+            instances = [
+                instance for instance in self._created if not instance.finished
+            ]
             self._instances.clear()
         stoppers = [
             threading.Thread(target=instance.stop, args=(grace,), daemon=True)
@@ -585,8 +633,14 @@ class Deployer:
         for stopper in stoppers:
             stopper.start()
         for stopper in stoppers:
-            stopper.join(timeout=grace + 5)
+            stopper.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._lock:
             background = list(self._threads)
         for thread in background:
-            thread.join(timeout=grace + 5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        unfinished = [thread.name for thread in background if thread.is_alive()]
+        if unfinished:
+            log.warning(
+                "shutdown continues without waiting for threads %s",
+                ", ".join(unfinished),
+            )

@@ -187,6 +187,11 @@ class Instance:
             start_new_session=True,
         ).result()
         assert self._process.stdout is not None and self._process.stderr is not None
+        if self._stopping:
+            # stop() or kill() ran while the process was being forked.
+            self._kill_group()
+            self._process.wait()
+            raise InstanceError("the instance was stopped while it was starting")
         for stream_name, stream in (
             ("stdout", self._process.stdout),
             ("stderr", self._process.stderr),
@@ -297,8 +302,18 @@ class Instance:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def finished(self) -> bool:
+        """Whether stop() or kill() was called and the process has exited."""
+        return self._stopping and not self.running
+
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Send SIGTERM, so gunicorn finishes in-flight requests; kill after grace."""
+        """Send SIGTERM, so gunicorn finishes in-flight requests; kill after grace.
+
+        The kill goes to the whole process group, and so does a last SIGKILL
+        after the master exited, because a worker hung in a blocking call would
+        otherwise outlive its master with PPID 1.
+        """
         self._stopping = True
         process = self._process
         if process is None:
@@ -309,12 +324,14 @@ class Instance:
                 process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 log.warning(
-                    "instance revision=%s did not stop within %.0f s; killing it",
+                    "instance revision=%s did not stop within %.0f s; killing its "
+                    "process group",
                     self.spec.revision_name,
                     grace,
                 )
                 self._kill_group()
                 process.wait()
+        self._kill_group()
         self._join_pumps()
         log.info(
             "instance revision=%s stopped with code %s",
