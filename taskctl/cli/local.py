@@ -202,7 +202,8 @@ def down(
         raise NotFoundError(f"no local cloud is running for {directory}")
     if not process.terminate(info):
         raise OperationFailed(
-            f"the local cloud (pid {info.pid}) did not stop within 20 s",
+            f"the local cloud (pid {info.pid}) did not stop within "
+            f"{process.STOP_TIMEOUT_SECONDS:.0f} s",
             hint=f"kill {info.pid}",
         )
     app_context(ctx, json_output).renderer.info(

@@ -110,7 +110,14 @@ def spawn(
     )
 
 
-def terminate(info: RuntimeInfo, timeout: float = 20.0) -> bool:
+# How long terminate() waits by default. A function instance hung in a blocking
+# call is killed after the functions service's 10 s grace plus 3 s, and then
+# gRPC (2 s), Pub/Sub (10 s) and the storage emulator (10 s) may each wait for
+# their threads, so 60 s covers that worst case of about 35 s with room to spare.
+STOP_TIMEOUT_SECONDS = 60.0
+
+
+def terminate(info: RuntimeInfo, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
     """Send SIGTERM to the local cloud and wait for it to exit; True if it did."""
     try:
         os.kill(info.pid, signal.SIGTERM)
