@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,33 +18,6 @@ from taskctl.localcloud.pubsub.store import Store
 from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.filterwarnings("ignore:The return_immediately flag")
-
-
-@pytest.fixture
-def topic(publisher: Any, unique: str) -> Iterator[str]:
-    name = f"projects/{PROJECT}/topics/options-{unique}"
-    publisher.create_topic(name=name)
-    yield name
-    publisher.delete_topic(topic=name)
-
-
-@pytest.fixture
-def make_subscription(
-    subscriber: Any, topic: str, unique: str
-) -> Iterator[Callable[..., str]]:
-    created: list[str] = []
-
-    def make(**settings: Any) -> str:
-        name = f"projects/{PROJECT}/subscriptions/options-{len(created)}-{unique}"
-        subscriber.create_subscription(
-            request={"name": name, "topic": topic, **settings}
-        )
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        subscriber.delete_subscription(subscription=name)
 
 
 @pytest.fixture

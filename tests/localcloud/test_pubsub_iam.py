@@ -14,14 +14,6 @@ SERVICE_AGENT = "serviceAccount:service-1@gcp-sa-pubsub.iam.gserviceaccount.com"
 
 
 @pytest.fixture
-def topic(publisher: Any, unique: str) -> Iterator[str]:
-    name = f"projects/{PROJECT}/topics/iam-{unique}"
-    publisher.create_topic(name=name)
-    yield name
-    publisher.delete_topic(topic=name)
-
-
-@pytest.fixture
 def subscription(subscriber: Any, topic: str, unique: str) -> Iterator[str]:
     name = f"projects/{PROJECT}/subscriptions/iam-{unique}"
     subscriber.create_subscription(name=name, topic=topic)

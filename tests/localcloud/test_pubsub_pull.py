@@ -27,14 +27,6 @@ def raw_subscriber(channel: grpc.Channel) -> Any:
 
 
 @pytest.fixture
-def topic(publisher: Any, unique: str) -> Iterator[str]:
-    name = f"projects/{PROJECT}/topics/pull-{unique}"
-    publisher.create_topic(name=name)
-    yield name
-    publisher.delete_topic(topic=name)
-
-
-@pytest.fixture
 def subscription(subscriber: Any, topic: str, unique: str) -> Iterator[str]:
     name = f"projects/{PROJECT}/subscriptions/pull-{unique}"
     subscriber.create_subscription(name=name, topic=topic)

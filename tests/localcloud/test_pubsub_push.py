@@ -101,33 +101,6 @@ def endpoint() -> Iterator[PushEndpoint]:
     server.server_close()
 
 
-@pytest.fixture
-def topic(publisher: Any, unique: str) -> Iterator[str]:
-    name = f"projects/{PROJECT}/topics/push-{unique}"
-    publisher.create_topic(name=name)
-    yield name
-    publisher.delete_topic(topic=name)
-
-
-@pytest.fixture
-def make_subscription(
-    subscriber: Any, topic: str, unique: str
-) -> Iterator[Callable[..., str]]:
-    created: list[str] = []
-
-    def make(**settings: Any) -> str:
-        name = f"projects/{PROJECT}/subscriptions/push-{len(created)}-{unique}"
-        subscriber.create_subscription(
-            request={"name": name, "topic": topic, **settings}
-        )
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        subscriber.delete_subscription(subscription=name)
-
-
 def test_push_wrapped_body(
     publisher: Any,
     topic: str,

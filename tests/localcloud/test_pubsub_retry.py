@@ -24,14 +24,6 @@ DEAD_LETTER_ATTRIBUTES = {
 
 
 @pytest.fixture
-def topic(publisher: Any, unique: str) -> Iterator[str]:
-    name = f"projects/{PROJECT}/topics/retry-{unique}"
-    publisher.create_topic(name=name)
-    yield name
-    publisher.delete_topic(topic=name)
-
-
-@pytest.fixture
 def dead_letter_topic(publisher: Any, unique: str) -> Iterator[str]:
     name = f"projects/{PROJECT}/topics/retry-dlq-{unique}"
     publisher.create_topic(name=name)
@@ -47,25 +39,6 @@ def dead_letter_subscription(
     subscriber.create_subscription(name=name, topic=dead_letter_topic)
     yield name
     subscriber.delete_subscription(subscription=name)
-
-
-@pytest.fixture
-def make_subscription(
-    subscriber: Any, topic: str, unique: str
-) -> Iterator[Callable[..., str]]:
-    created: list[str] = []
-
-    def make(**settings: Any) -> str:
-        name = f"projects/{PROJECT}/subscriptions/retry-{len(created)}-{unique}"
-        subscriber.create_subscription(
-            request={"name": name, "topic": topic, **settings}
-        )
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        subscriber.delete_subscription(subscription=name)
 
 
 def backoff(minimum: float, maximum: float) -> dict[str, Any]:
