@@ -221,8 +221,8 @@ class PushDispatcher:
         for lease in leases:
             self._pool.submit(self._push, state, lease)
 
-        if len(leases) == free:
-            return 0.0
+        # Each push result and each publish wakes the dispatcher, so it needs no
+        # pass before then, and the 1 s wait only bounds a missed wake-up.
         if leases:
             return 1.0
         due = self.store.next_due(state)
@@ -241,8 +241,13 @@ class PushDispatcher:
             log.exception("push of message %s to %s failed", message_id, state.name)
             outcome = _Outcome(state, lease, False, f"error {error!r}")
         with self._outcomes_lock:
+            first = not self._outcomes
             self._outcomes.append(outcome)
-        self.store.notify()
+        # Only the first result queued since the dispatcher last took the queue
+        # wakes it. A later one is taken along, because the dispatcher either has
+        # not taken the queue yet or passes again after that first wake-up.
+        if first:
+            self.store.notify()
 
     def _store_failures(
         self, state: SubscriptionState, group: list[_Outcome]
