@@ -1,6 +1,6 @@
 """Google Cloud clients for one profile, pointed at Google Cloud or the local cloud.
 
-This module is the only place that knows which cloud a profile uses: the local
+This module is the only place that decides which cloud a profile uses: the local
 profile gets Google's own client libraries on an insecure gRPC channel to the
 local cloud on loopback with anonymous credentials; a GCP profile gets the same
 clients with their default endpoints and Application Default Credentials.
@@ -85,17 +85,20 @@ class Clients:
 
         return AnonymousCredentials() if self.is_local else None
 
+    def _gapic(self, client_class: Any, **options: Any) -> Any:
+        """Build a Google client: its default endpoint and Application Default
+        Credentials, or for the local profile its gRPC transport on the local
+        cloud's channel."""
+        if not self.is_local:
+            return client_class(**options)
+        transport_class = client_class.get_transport_class("grpc")
+        return client_class(transport=transport_class(channel=self.channel), **options)
+
     @functools.cached_property
     def publisher(self) -> PublisherClient:
         from google.cloud.pubsub_v1 import PublisherClient
 
-        if not self.is_local:
-            return PublisherClient()
-        from google.pubsub_v1.services.publisher.transports import (
-            PublisherGrpcTransport,
-        )
-
-        return PublisherClient(transport=PublisherGrpcTransport(channel=self.channel))
+        return self._gapic(PublisherClient)
 
     @functools.cached_property
     def ordered_publisher(self) -> PublisherClient:
@@ -103,54 +106,25 @@ class Clients:
         from google.cloud.pubsub_v1 import PublisherClient, types
 
         options = types.PublisherOptions(enable_message_ordering=True)
-        if not self.is_local:
-            return PublisherClient(publisher_options=options)
-        from google.pubsub_v1.services.publisher.transports import (
-            PublisherGrpcTransport,
-        )
-
-        return PublisherClient(
-            publisher_options=options,
-            transport=PublisherGrpcTransport(channel=self.channel),
-        )
+        return self._gapic(PublisherClient, publisher_options=options)
 
     @functools.cached_property
     def subscriber(self) -> SubscriberClient:
         from google.cloud.pubsub_v1 import SubscriberClient
 
-        if not self.is_local:
-            return SubscriberClient()
-        from google.pubsub_v1.services.subscriber.transports import (
-            SubscriberGrpcTransport,
-        )
-
-        return SubscriberClient(transport=SubscriberGrpcTransport(channel=self.channel))
+        return self._gapic(SubscriberClient)
 
     @functools.cached_property
     def functions(self) -> FunctionServiceClient:
         from google.cloud.functions_v2 import FunctionServiceClient
 
-        if not self.is_local:
-            return FunctionServiceClient()
-        from google.cloud.functions_v2.services.function_service.transports import (
-            FunctionServiceGrpcTransport,
-        )
-
-        return FunctionServiceClient(
-            transport=FunctionServiceGrpcTransport(channel=self.channel)
-        )
+        return self._gapic(FunctionServiceClient)
 
     @functools.cached_property
     def eventarc(self) -> EventarcClient:
         from google.cloud.eventarc_v1 import EventarcClient
 
-        if not self.is_local:
-            return EventarcClient()
-        from google.cloud.eventarc_v1.services.eventarc.transports import (
-            EventarcGrpcTransport,
-        )
-
-        return EventarcClient(transport=EventarcGrpcTransport(channel=self.channel))
+        return self._gapic(EventarcClient)
 
     @functools.cached_property
     def logging(self) -> LoggingServiceV2Client:
@@ -158,27 +132,13 @@ class Clients:
             LoggingServiceV2Client,
         )
 
-        if not self.is_local:
-            return LoggingServiceV2Client()
-        from google.cloud.logging_v2.services.logging_service_v2.transports import (
-            LoggingServiceV2GrpcTransport,
-        )
-
-        return LoggingServiceV2Client(
-            transport=LoggingServiceV2GrpcTransport(channel=self.channel)
-        )
+        return self._gapic(LoggingServiceV2Client)
 
     @functools.cached_property
     def projects(self) -> ProjectsClient:
         from google.cloud.resourcemanager_v3 import ProjectsClient
 
-        if not self.is_local:
-            return ProjectsClient()
-        from google.cloud.resourcemanager_v3.services.projects.transports import (
-            ProjectsGrpcTransport,
-        )
-
-        return ProjectsClient(transport=ProjectsGrpcTransport(channel=self.channel))
+        return self._gapic(ProjectsClient)
 
     @functools.cached_property
     def firestore(self) -> Any:
@@ -254,7 +214,7 @@ def one_line(text: str) -> str:
 def api_errors(action: str) -> Iterator[None]:
     """Translate Google API errors raised inside the block into taskctl errors.
 
-    ``action`` says what was being done, e.g. ``"creating topic projects/p/topics/t"``.
+    ``action`` names what was being done, e.g. ``"creating topic projects/p/topics/t"``.
     """
     from google.api_core import exceptions
 
