@@ -18,7 +18,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # invalid flags, settings or input files; nothing was sent
     NOT_FOUND = 3  # a resource, file or the local cloud is missing
     PERMISSION_DENIED = 4  # credentials, IAM or a disabled API
-    UNAVAILABLE = 5  # a service did not answer or timed out
+    UNAVAILABLE = 5  # a service did not respond or timed out
     PARTIAL = 6  # some items of a batch (publish, replay) failed
     INTERRUPTED = 130  # Ctrl-C
 

@@ -50,7 +50,7 @@ def publish(
         )
         pending.append((task, future))
 
-    # One deadline for the whole batch: a service that stops answering must not
+    # One deadline for the whole batch: a service that stops responding must not
     # cost the full timeout once per task.
     deadline = time.monotonic() + PUBLISH_TIMEOUT
     published: list[Published] = []

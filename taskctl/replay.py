@@ -5,7 +5,7 @@ task_id unchanged; Pub/Sub's ``CloudPubSubDeadLetterSource*`` attributes are kep
 under taskctl's own names (Pub/Sub would otherwise add a second set on the next
 dead-lettering) and a replay count is added. The dead letter is acknowledged only
 after the republish is confirmed, so a crash in between can duplicate a task but
-never lose one; the worker's idempotency key (task_id) absorbs the duplicate. A
+never lose one. The worker's idempotency key (task_id) absorbs the duplicate. A
 task replayed ``max_replays`` times is skipped and stays in the dead-letter
 subscription, so a task that can never succeed does not loop forever.
 """
@@ -133,7 +133,7 @@ def replay(
     held_ack_ids: list[str] = []
     seen: set[str] = set()
     # A task replayed by this run can fail again and come back as a new dead letter
-    # before the run ends; it is left for the next run rather than counted twice.
+    # before the run ends. It is left for the next run rather than counted twice.
     replayed_tasks: set[str] = set()
     # Leased dead letters of the current batch not yet handled; an interruption
     # hands them back at once instead of leaving them leased until their deadline.

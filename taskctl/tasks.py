@@ -1,6 +1,6 @@
 """Reading and checking task files before anything is published.
 
-A file holds one JSON object, a JSON array of objects, or JSON Lines. Every task
+A file contains one JSON object, a JSON array of objects, or JSON Lines. Every task
 is checked against the task schema and Pub/Sub's limits; the first problem is
 reported with its file and line, and then nothing is published.
 """
@@ -190,7 +190,7 @@ def _parse_array(
     index = _skip_whitespace(text, start + 1)
     if index < len(text) and text[index] == "]":
         raise UsageError(
-            f"{path}: the array holds no tasks", hint="add at least one task"
+            f"{path}: the array contains no tasks", hint="add at least one task"
         )
     while True:
         line = line_of(index)

@@ -70,7 +70,7 @@ def provision(
     """Create or update the topics, the dead-letter subscription, the worker function
     and the retry and dead-letter policy on the subscription that feeds it.
 
-    Idempotent: a second run changes nothing and says so.
+    Idempotent: a second run changes nothing and reports that.
 
     Example: taskctl provision --dry-run
     """

@@ -1,4 +1,4 @@
-"""Where a running local cloud listens, as recorded in its state directory."""
+"""The addresses of a running local cloud, as recorded in its state directory."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ RUNTIME_FILE = "runtime.json"
 
 @dataclass(frozen=True)
 class RuntimeInfo:
-    """Where a running local cloud listens; written to ``runtime.json``."""
+    """The addresses and PID of a running local cloud, written to ``runtime.json``."""
 
     pid: int
     host: str

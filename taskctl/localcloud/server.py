@@ -32,7 +32,7 @@ MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 
 
 class LocalCloud:
-    """Starts and stops the services; the state directory holds all their data."""
+    """Starts and stops the services; the state directory contains all their data."""
 
     def __init__(self, state_dir: Path, port: int = 0, host: str = LOOPBACK) -> None:
         if host not in (LOOPBACK, "::1", "localhost"):

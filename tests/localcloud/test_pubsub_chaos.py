@@ -1,8 +1,8 @@
 """SIGKILL at random points while publishing, delivering, acking and dead-lettering.
 
 Rule: after any number of kills and restarts, every message whose publish was
-answered is eventually acknowledged or dead-lettered, and no message comes back
-after its acknowledgement was answered.
+confirmed is eventually acknowledged or dead-lettered, and no message comes back
+after its acknowledgement was confirmed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ POISON_EVERY = 4
 
 
 class Ledger:
-    """What the clients were told: answered publishes, answered acks, deliveries."""
+    """What the clients received: confirmed publishes, confirmed acks, dead letters."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
